@@ -1,0 +1,59 @@
+"""Architectures, the one training loop, and the content-addressed record format."""
+
+from misentry.models.model_record import load_model, model_from_record, model_record
+from misentry.models.record import (
+    RECORD_KINDS,
+    Record,
+    RecordError,
+    default_path,
+    load_record,
+    register_kind,
+    save_record,
+)
+from misentry.models.registry import ARCHITECTURES, ArchInfo, build_model, get_arch, last_linear
+from misentry.models.spec import InputSpec, Normalize
+from misentry.models.target import TargetConfig, input_spec, target_record_stub, train_target
+from misentry.models.train import (
+    EvalResult,
+    TrainConfig,
+    TrainHooks,
+    TrainResult,
+    TrainState,
+    evaluate,
+    fit,
+    logits,
+    predict,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "RECORD_KINDS",
+    "ArchInfo",
+    "EvalResult",
+    "InputSpec",
+    "Normalize",
+    "Record",
+    "RecordError",
+    "TargetConfig",
+    "TrainConfig",
+    "TrainHooks",
+    "TrainResult",
+    "TrainState",
+    "build_model",
+    "default_path",
+    "evaluate",
+    "fit",
+    "get_arch",
+    "input_spec",
+    "last_linear",
+    "load_model",
+    "load_record",
+    "logits",
+    "model_from_record",
+    "model_record",
+    "predict",
+    "register_kind",
+    "save_record",
+    "target_record_stub",
+    "train_target",
+]

@@ -1,0 +1,1 @@
+"""The architectures, one small module each."""
