@@ -105,6 +105,11 @@ def test_mnist5k_pool_sizes_are_the_documented_ones(mnist_pools) -> None:  # typ
     }
 
 
+def test_digits_pool_sizes_are_the_documented_ones(digits: ImageSet) -> None:
+    sizes = split_pools(digits, seed=0).sizes()
+    assert sizes == {"owner_train": 899, "attacker": 361, "val": 90, "test": 358, "source": 89}
+
+
 def test_pools_are_disjoint_and_cover_the_dataset(mnist_pools) -> None:  # type: ignore[no-untyped-def]
     seen = torch.cat([mnist_pools.indices[name] for name in POOL_NAMES])
     assert seen.numel() == torch.unique(seen).numel() == 5000

@@ -45,7 +45,12 @@ def model_from_record(record: Record) -> nn.Module:
     if record.architecture is None or record.input is None:
         raise RecordError(f"record {record.record_id[:16]} ({record.kind}) holds no model")
     model = build_model(record.architecture, InputSpec.from_json(record.input), record.model_seed)
-    result = model.load_state_dict(record.tensors, strict=False)
+    try:
+        result = model.load_state_dict(record.tensors, strict=False)
+    except RuntimeError as err:  # a tensor of the wrong shape
+        raise RecordError(
+            f"record {record.record_id[:16]}: weights do not fit {record.architecture}: {err}"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         raise RecordError(
             f"record {record.record_id[:16]}: weights do not fit {record.architecture}: "

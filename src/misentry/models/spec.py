@@ -34,7 +34,9 @@ class InputSpec:
         return self.channels, self.height, self.width
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> InputSpec:

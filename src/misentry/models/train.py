@@ -68,7 +68,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr < 0 or self.check_every < 0:
-            raise ValueError(f"TrainConfig: invalid values in {self}")
+            raise ValueError(f"TrainConfig: epochs, batch_size >= 1, lr, check_every >= 0: {self}")
+        if (self.max_steps is not None and self.max_steps < 1) or self.augment_shift < 0:
+            raise ValueError(f"TrainConfig: max_steps must be >= 1 or None, shift >= 0: {self}")
         if self.optimizer not in ("sgd", "adam") or self.schedule not in ("cosine", "constant"):
             raise ValueError(f"TrainConfig: unknown optimizer or schedule in {self}")
 
