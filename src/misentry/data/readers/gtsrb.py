@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
 from misentry.data.images import DatasetLayoutError, ImageSet
+from misentry.data.readers.pil import open_rgb, resized, to_chw
 
 NUM_CLASSES = 43
 
@@ -111,12 +111,4 @@ def _read_csv(class_dir: Path) -> list[tuple[Path, int]]:
 
 def _load(path: Path, size: int) -> NDArray[np.uint8]:
     """One image as RGB, resized to (3, size, size)."""
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-    except OSError as error:
-        raise ValueError(f"gtsrb: cannot decode {path} ({error})") from error
-    if rgb.size != (size, size):
-        # Pillow's bilinear filter widens its support when shrinking, i.e. it antialiases.
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    return to_chw(resized(open_rgb(path, "gtsrb"), (size, size)))

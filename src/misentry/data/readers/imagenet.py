@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
 from misentry.data.images import DatasetLayoutError, ImageSet
+from misentry.data.readers.pil import open_rgb, resized, to_chw
 
 EXTENSIONS = frozenset({".jpeg", ".jpg", ".png"})
 _SPLIT_NAMES = ("train", "val", "test")
@@ -104,11 +104,7 @@ def _split_folder(root: Path, split: str) -> Path:
 
 def _load(path: Path, size: int) -> NDArray[np.uint8]:
     """One image as RGB: shorter side to round(size * 256 / 224), then center crop, (3, s, s)."""
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-    except OSError as error:
-        raise ValueError(f"imagenet: cannot decode {path} ({error})") from error
+    rgb = open_rgb(path, "imagenet")
     short = round(size * 256 / 224)
     width, height = rgb.size
     # torchvision's Resize(int): the shorter side becomes `short`, the longer one is truncated.
@@ -116,11 +112,9 @@ def _load(path: Path, size: int) -> NDArray[np.uint8]:
         new_size = (short, int(short * height / width))
     else:
         new_size = (int(short * width / height), short)
-    if new_size != rgb.size:
-        # Pillow's bilinear filter widens its support when shrinking, i.e. it antialiases.
-        rgb = rgb.resize(new_size, Image.Resampling.BILINEAR)
+    rgb = resized(rgb, new_size)
     # torchvision's CenterCrop: offsets rounded half to even, like Python's round.
     left = round((new_size[0] - size) / 2)
     top = round((new_size[1] - size) / 2)
     rgb = rgb.crop((left, top, left + size, top + size))
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    return to_chw(rgb)
