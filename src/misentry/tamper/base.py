@@ -1,0 +1,154 @@
+"""The interface every tampering family implements.
+
+A family is one class (``FineTuning``, ``Pruning``, ``Backdoor``...) whose constructor holds its
+frozen parameters and whose :meth:`Tampering.build` turns a :class:`TamperContext` (the target, the
+data its namespace may read, an instance seed) into a :class:`Tampered` model, stopping as soon
+as its objective is met: subtler tampering is harder to detect, so every recipe starts from the
+target's weights (unless it replaces the model) and does as little as it must.
+
+When the result changes no top-1 label on the observability probe, the builder asks the family to
+go on in its own natural unit (:meth:`Tampering.extend`: another epoch, another bit, the next
+sparsity step) until it does or the family's documented cap is reached.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from misentry.data import DatasetInfo
+from misentry.models import InputSpec, Record
+from misentry.tamper.namespace import DataAccess, Namespace
+
+
+@dataclass(frozen=True)
+class TamperContext:
+    """Everything a recipe may use to build one instance.
+
+    Attributes:
+        target: the owner's model; recipes never modify it (use :meth:`copy_target`).
+        target_record: its record (architecture, seeds, metrics such as ``test_accuracy``).
+        data: the pools this namespace may read, by role.
+        seed: the instance seed; every random choice of the recipe derives from it.
+        dataset: the dataset's registry entry.
+        spec: the models' input spec.
+    """
+
+    target: nn.Module
+    target_record: Record
+    data: DataAccess
+    seed: int
+    dataset: DatasetInfo
+    spec: InputSpec
+
+    @property
+    def namespace(self) -> Namespace:
+        return self.data.namespace
+
+    @property
+    def architecture(self) -> str:
+        assert self.target_record.architecture is not None
+        return self.target_record.architecture
+
+    def copy_target(self) -> nn.Module:
+        """A deep copy of the target in eval mode, free to modify."""
+        return copy.deepcopy(self.target).eval()
+
+    def generator(self, stream: int = 0) -> torch.Generator:
+        """A torch generator seeded from the instance seed (``stream`` gives independent ones)."""
+        return torch.Generator().manual_seed((self.seed + 7919 * stream) % (2**63))
+
+    def sub_seed(self, stream: int) -> int:
+        """An integer seed for ``TrainConfig.seed`` or ``build_model``, derived from the seed."""
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator(stream)))
+
+
+@dataclass
+class Tampered:
+    """A tampered model and what it took.
+
+    Attributes:
+        model: the tampered model (eval mode).
+        objective: the objective's measured values (e.g. ``asr``, ``victim_flipped``,
+            ``confidence``, ``accuracy_drop``) when the recipe stopped.
+        met: whether the objective was reached within the recipe's caps.
+        steps: optimizer steps (or flips, or pruning rounds) taken.
+        epochs: passes over the recipe's data.
+        choices: the instance's own choices (sample index, sparsity, bits, classes, victims...),
+            stored in the record.
+        architecture: the model's architecture, when it is not the target's.
+        extensions: how many extra natural units :meth:`Tampering.extend` added.
+        state: anything the family needs to extend the instance later (not stored).
+    """
+
+    model: nn.Module
+    objective: dict[str, float]
+    met: bool
+    steps: int = 0
+    epochs: int = 0
+    choices: dict[str, Any] = field(default_factory=dict)
+    architecture: str | None = None
+    extensions: int = 0
+    state: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+class Tampering(ABC):
+    """One tampering family. Subclasses set ``family`` and ``malicious`` and take a frozen
+    parameter dataclass in their constructor."""
+
+    family: ClassVar[str]
+    malicious: ClassVar[bool]
+    max_extensions: ClassVar[int] = 0
+    """How many natural units :meth:`extend` may add for observability (the documented cap)."""
+
+    def __init__(self, params: Any) -> None:
+        if not is_dataclass(params) or isinstance(params, type):
+            raise TypeError(f"{type(self).__name__} takes a dataclass instance of parameters")
+        self.params = params
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params!r})"
+
+    def params_json(self) -> dict[str, Any]:
+        """The parameters as JSON values (stored in every instance record)."""
+        data: dict[str, Any] = json_ready(asdict(self.params))
+        return data
+
+    @abstractmethod
+    def build(self, ctx: TamperContext) -> Tampered:
+        """Build one instance from the target, stopping as soon as the objective is met."""
+
+    def extend(self, ctx: TamperContext, tampered: Tampered) -> Tampered | None:
+        """Go on by one natural unit; None when the family has no further unit."""
+        return None
+
+
+def json_ready(value: Any) -> Any:
+    """Tuples to lists, recursively, so parameters hash and round-trip as JSON."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named BIVBench variant: a slug, what it is, and the family with frozen parameters."""
+
+    slug: str
+    description: str
+    tampering: Tampering
+
+    @property
+    def family(self) -> str:
+        return self.tampering.family
+
+    @property
+    def malicious(self) -> bool:
+        return self.tampering.malicious
