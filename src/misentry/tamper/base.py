@@ -105,6 +105,8 @@ class Tampering(ABC):
     malicious: ClassVar[bool]
     max_extensions: ClassVar[int] = 0
     """How many natural units :meth:`extend` may add for observability (the documented cap)."""
+    expect_observable: ClassVar[bool] = True
+    """False only for controls (the exact copy), which the builder never pushes or replaces."""
 
     def __init__(self, params: Any) -> None:
         if not is_dataclass(params) or isinstance(params, type):

@@ -1,0 +1,271 @@
+"""Building BIVBench instances: (target, variant, instance, namespace) -> a tampered-model record.
+
+For each instance the builder derives the seed from the namespace, runs the family's recipe, and
+checks observability on the probe. A result that changes no probe label is pushed on by the
+family's natural unit (:meth:`~misentry.tamper.base.Tampering.extend`) up to its cap; one that
+never becomes observable is reported and replaced by the next seed (the next *attempt*), up to
+``max_attempts``. Records are content-addressed, so a rerun skips finished instances.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from misentry.data import Pools, get_dataset
+from misentry.models import (
+    Record,
+    RecordError,
+    input_spec,
+    load_record,
+    model_from_record,
+    model_record,
+    register_kind,
+    save_record,
+)
+from misentry.models.spec import InputSpec
+from misentry.tamper.base import TamperContext, Tampered, Variant
+from misentry.tamper.measure import accuracy, changed_fraction
+from misentry.tamper.namespace import DataAccess, Namespace, Role, concat, instance_seed
+from misentry.tamper.observe import Observation, Observer, Probe, ProbeConfig
+
+register_kind("tampered", "a tampered copy of a target (one BIVBench instance)")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How instances are built.
+
+    Attributes:
+        namespace: ``bench`` for instances the benchmark evaluates, ``zoo`` for a generator's
+            own models; it decides the seeds and the pools recipes may read.
+        max_attempts: seeds tried before an instance that never becomes observable is given up.
+        probe: the observability probe.
+    """
+
+    namespace: Namespace = Namespace.BENCH
+    max_attempts: int = 5
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+class TargetMismatch(ValueError):
+    """The target record does not fit the dataset or the request."""
+
+
+@dataclass
+class Bench:
+    """A target with its pools and observer, shared by every instance built from it."""
+
+    target: nn.Module
+    record: Record
+    pools: Pools
+    spec: InputSpec
+    observer: Observer
+
+    @classmethod
+    def load(
+        cls, target: Record, root: Path | str | None = None, probe: ProbeConfig | None = None
+    ) -> Bench:
+        """Check ``target`` against its dataset before any work, then load pools and probe."""
+        if target.kind != "target":
+            raise TargetMismatch(
+                f"record {target.record_id[:16]} is a {target.kind!r} record, not a target"
+            )
+        info = get_dataset(target.dataset)
+        spec = input_spec(target.dataset)
+        if target.input is None or InputSpec.from_json(target.input) != spec:
+            raise TargetMismatch(
+                f"target {target.record_id[:16]} takes input {target.input}, but dataset "
+                f"{target.dataset!r} gives {spec.to_json()}"
+            )
+        pools = info.pools(target.data_seed, root)
+        model = model_from_record(target)
+        all_images = concat([pools[name] for name in pools])
+        if all_images.shape != spec.shape:
+            raise TargetMismatch(
+                f"dataset images have shape {all_images.shape}, the target takes {spec.shape}"
+            )
+        return cls(model, target, pools, spec, Observer(model, Probe(all_images, probe)))
+
+
+def instance_request(variant: Variant, index: int, target: Record, config: BuildConfig) -> Record:
+    """What an instance is asked to be, known before it is built: its id keys the resume.
+
+    The built record differs only where the recipe decided (e.g. a distilled student's
+    architecture); it keeps this request's id in ``metrics["request_id"]``.
+    """
+    return Record(
+        kind="tampered",
+        dataset=target.dataset,
+        architecture=target.architecture,
+        input=target.input,
+        data_seed=target.data_seed,
+        model_seed=instance_seed(config.namespace, variant.slug, index),
+        params={
+            "variant": variant.slug,
+            "family": variant.family,
+            "malicious": variant.malicious,
+            "recipe": variant.tampering.params_json(),
+            "instance": index,
+            "namespace": config.namespace.value,
+            "probe": config.probe.to_json(),
+            "max_attempts": config.max_attempts,
+        },
+        parent=target.record_id,
+    )
+
+
+def build_instance(bench: Bench, variant: Variant, index: int, config: BuildConfig) -> Record:
+    """Build instance ``index`` of ``variant`` from the bench's target; return its record."""
+    started = time.perf_counter()
+    tampering = variant.tampering
+    unobservable: list[dict[str, Any]] = []
+    data = DataAccess(bench.pools, config.namespace)
+    for attempt in range(config.max_attempts):
+        seed = instance_seed(config.namespace, variant.slug, index, attempt)
+        ctx = TamperContext(
+            target=bench.target,
+            target_record=bench.record,
+            data=data,
+            seed=seed,
+            dataset=get_dataset(bench.record.dataset),
+            spec=bench.spec,
+        )
+        tampered = tampering.build(ctx)
+        seen = bench.observer.observe(tampered.model)
+        while tampering.expect_observable and not seen.observable:
+            more = (
+                tampering.extend(ctx, tampered)
+                if tampered.extensions < tampering.max_extensions
+                else None
+            )
+            if more is None:
+                break
+            tampered = more
+            seen = bench.observer.observe(tampered.model)
+        if seen.observable or not tampering.expect_observable:
+            break
+        unobservable.append({"attempt": attempt, "seed": seed, "extensions": tampered.extensions})
+    return _instance_record(
+        bench,
+        variant,
+        index,
+        config,
+        tampered,
+        attempt,
+        seed,
+        seen,
+        unobservable,
+        started,
+    )
+
+
+def _instance_record(
+    bench: Bench,
+    variant: Variant,
+    index: int,
+    config: BuildConfig,
+    tampered: Tampered,
+    attempt: int,
+    seed: int,
+    seen: Observation,
+    unobservable: list[dict[str, Any]],
+    started: float,
+) -> Record:
+    stub = instance_request(variant, index, bench.record, config)
+    data = DataAccess(bench.pools, config.namespace)
+    check = data.check
+    architecture = tampered.architecture or bench.record.architecture
+    assert architecture is not None
+    return model_record(
+        tampered.model,
+        kind="tampered",
+        dataset=stub.dataset,
+        architecture=architecture,
+        spec=bench.spec,
+        data_seed=stub.data_seed,
+        model_seed=stub.model_seed,
+        params=stub.params,
+        parent=stub.parent,
+        metrics={
+            "request_id": stub.record_id,
+            "variant": variant.slug,
+            "seed_used": seed,
+            "attempt": attempt,
+            "unobservable_attempts": unobservable,
+            "choices": tampered.choices,
+            "objective": tampered.objective,
+            "objective_met": tampered.met,
+            "steps": tampered.steps,
+            "epochs": tampered.epochs,
+            "extensions": tampered.extensions,
+            "eval_pool": "+".join(data.policy.roles[Role.CHECK]),
+            "clean_accuracy": accuracy(tampered.model, check),
+            "target_accuracy": accuracy(bench.target, check),
+            "changed_fraction": changed_fraction(bench.target, tampered.model, check.x),
+            "observable": seen.observable,
+            "probe_flips_found": seen.flips,
+            "probe_checked": seen.checked,
+            "probe_size": seen.probe_size,
+            "build_seconds": time.perf_counter() - started,
+        },
+    )
+
+
+def instance_path(out: Path | str, variant: str, index: int) -> Path:
+    """Where instance ``index`` of ``variant`` lives under an output folder."""
+    return Path(out) / variant / f"{index:04d}"
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """Progress of :func:`build_all`: one per instance, built or skipped."""
+
+    variant: str
+    index: int
+    path: Path
+    record: Record
+    skipped: bool
+
+
+def build_all(
+    bench: Bench,
+    variants: Iterable[Variant],
+    indices: Iterable[int],
+    out: Path | str,
+    config: BuildConfig | None = None,
+    on_instance: Callable[[BuildEvent], None] | None = None,
+) -> list[BuildEvent]:
+    """Build every (variant, index) under ``out``, skipping instances already finished."""
+    config = config or BuildConfig()
+    events: list[BuildEvent] = []
+    for variant in variants:
+        for index in indices:
+            path = instance_path(out, variant.slug, index)
+            stub = instance_request(variant, index, bench.record, config)
+            existing = _finished(path, stub.record_id)
+            if existing is not None:
+                event = BuildEvent(variant.slug, index, path, existing, skipped=True)
+            else:
+                record = build_instance(bench, variant, index, config)
+                save_record(record, path, overwrite=path.exists())
+                event = BuildEvent(variant.slug, index, path, record, skipped=False)
+            events.append(event)
+            if on_instance is not None:
+                on_instance(event)
+    return events
+
+
+def _finished(path: Path, record_id: str) -> Record | None:
+    if not path.exists():
+        return None
+    try:
+        record = load_record(path)
+    except RecordError:
+        return None  # damaged or interrupted: rebuild it
+    return record if record.metrics.get("request_id") == record_id else None
