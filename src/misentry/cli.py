@@ -38,6 +38,8 @@ examples:
   misentry models list                     architectures
   misentry train --dataset mnist5k --arch lenet5 --seed 0 --out runs/target
   misentry record show runs/target         verify a record and print what it holds
+  misentry tamper list                     the BIVBench tampering variants
+  misentry tamper build --target runs/target --variant all --instances 10 --out runs/bench
 """
 
 console = Console()
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(verbs)
     _add_train(verbs)
     _add_record(verbs)
+    _add_tamper(verbs)
     return parser
 
 
@@ -384,6 +387,136 @@ def _record_show(args: argparse.Namespace) -> int:
     )
     console.print(table)
     return 0
+
+
+# --- tamper -----------------------------------------------------------------------------------
+
+
+def _add_tamper(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tamper = _verb(verbs, "tamper", "list and build BIVBench tampering variants")
+    sub = tamper.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
+    show = _verb(sub, "list", "list the tampering variants", _tamper_list)
+    show.add_argument("--json", action="store_true", help="print the variants as JSON")
+    build = _verb(
+        sub,
+        "build",
+        "build tampered instances of a target",
+        _tamper_build,
+        description="Build N instances of each chosen variant from a target record, each the "
+        "subtlest model that meets the variant's objective and changes some top-1 label on "
+        "the observability probe. Instances go to OUT/<variant>/<index>/ as records; "
+        "finished ones are skipped, so an interrupted run resumes where it stopped.\n\n"
+        "Instance seeds come from the benchmark namespace, and recipes read only the "
+        "attacker pool for training, so fingerprint generators never see them.",
+    )
+    build.add_argument("--target", type=Path, required=True, help="target record folder")
+    build.add_argument(
+        "--variant", default="all", help="a slug, comma-separated slugs, or 'all' (default)"
+    )
+    build.add_argument("--instances", type=int, default=10, help="instances per variant (10)")
+    build.add_argument("--seed", type=int, default=0, help="first instance index (default 0)")
+    build.add_argument("--out", type=Path, required=True, help="output folder")
+    build.add_argument("--root", type=Path, help="dataset folder, for datasets read from disk")
+    build.add_argument("--json", action="store_true", help="print a JSON summary")
+    tamper.set_defaults(handler=lambda _args: _print_help(tamper))
+
+
+def _tamper_list(args: argparse.Namespace) -> int:
+    from misentry.tamper.registry import VARIANTS
+
+    rows = [
+        {
+            "slug": v.slug,
+            "family": v.family,
+            "kind": "malicious" if v.malicious else "benign",
+            "description": v.description,
+            "params": v.tampering.params_json(),
+        }
+        for v in VARIANTS.values()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title=f"BIVBench variants ({len(rows)})")
+    for col in ("slug", "family", "kind", "description"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["slug"], row["family"], row["kind"], row["description"])
+    console.print(table)
+    return 0
+
+
+def _tamper_build(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from misentry.models import RecordError, load_record
+    from misentry.tamper.builder import Bench, BuildEvent, build_all
+    from misentry.tamper.registry import select
+
+    if args.instances < 1:
+        raise CliError("--instances must be at least 1")
+    variants = select(args.variant)
+    try:
+        target = load_record(args.target)
+    except RecordError as err:
+        raise CliError(f"--target: {err}") from None
+    with console.status("loading the target, its pools and the observability probe…"):
+        bench = Bench.load(target, args.root)
+    indices = range(args.seed, args.seed + args.instances)
+    per_variant: dict[str, list[BuildEvent]] = {}
+    with Progress(
+        TextColumn("{task.fields[current]:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("instances"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=args.json,
+    ) as progress:
+        task = progress.add_task(
+            "build", total=len(variants) * args.instances, current=variants[0].slug
+        )
+
+        def on_instance(event: BuildEvent) -> None:
+            per_variant.setdefault(event.variant, []).append(event)
+            progress.update(task, advance=1, current=event.variant)
+
+        build_all(bench, variants, indices, args.out, on_instance=on_instance)
+    summary = [_variant_summary(slug, events) for slug, events in per_variant.items()]
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    table = Table(title=f"instances in {args.out}")
+    for col in ("variant", "built", "skipped", "observable", "objective met", "changed", "s/inst"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for row in summary:
+        table.add_row(
+            row["variant"],
+            str(row["built"]),
+            str(row["skipped"]),
+            f"{row['observable']}/{row['instances']}",
+            f"{row['objective_met']}/{row['instances']}",
+            f"{row['mean_changed_fraction']:.2%}",
+            f"{row['mean_build_seconds']:.2f}",
+        )
+    console.print(table)
+    return 0
+
+
+def _variant_summary(slug: str, events: list[Any]) -> dict[str, Any]:
+    metrics = [e.record.metrics for e in events]
+    built = [m for e, m in zip(events, metrics, strict=True) if not e.skipped]
+    return {
+        "variant": slug,
+        "instances": len(events),
+        "built": len(built),
+        "skipped": len(events) - len(built),
+        "observable": sum(bool(m["observable"]) for m in metrics),
+        "objective_met": sum(bool(m["objective_met"]) for m in metrics),
+        "mean_changed_fraction": sum(m["changed_fraction"] for m in metrics) / len(metrics),
+        "mean_build_seconds": sum(m["build_seconds"] for m in metrics) / len(metrics),
+        "paths": [str(e.path) for e in events],
+    }
 
 
 def _set_threads(threads: int | None) -> None:
