@@ -153,3 +153,57 @@ def test_demo_target_reaches_96_percent_on_mnist5k(
 
     test = get_dataset("mnist5k").pools(record.data_seed)["test"]
     assert evaluate(model, test).accuracy == pytest.approx(record.metrics["test_accuracy"])
+
+
+# --- tamper -----------------------------------------------------------------------------------
+
+
+def test_tamper_list_shows_every_variant(capsys: pytest.CaptureFixture[str]) -> None:
+    from misentry.tamper.registry import VARIANTS
+
+    code, out, _ = run(capsys, "tamper", "list", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [row["slug"] for row in rows] == list(VARIANTS)
+    assert {row["kind"] for row in rows} == {"benign", "malicious"}
+    code, out, _ = run(capsys, "tamper", "list")
+    assert code == 0
+    assert "ft_last_lr1e-5" in out
+
+
+def test_tamper_build_builds_resumes_and_refuses_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "target"
+    assert (
+        run(capsys, "train", "--dataset", "digits", "--epochs", "20", "--out", str(target))[0] == 0
+    )
+    out_dir = tmp_path / "bench"
+    args = ("tamper", "build", "--target", str(target), "--out", str(out_dir), "--json")
+    code, out, _ = run(capsys, *args, "--variant", "identity,ft_all_lr1e-3", "--instances", "2")
+    assert code == 0
+    summary = {row["variant"]: row for row in json.loads(out)}
+    assert summary["identity"]["built"] == 2
+    assert summary["identity"]["observable"] == 0
+    assert summary["ft_all_lr1e-3"]["observable"] == 2
+    for index in (0, 1):
+        assert load_record(out_dir / "ft_all_lr1e-3" / f"{index:04d}").kind == "tampered"
+
+    code, out, _ = run(capsys, *args, "--variant", "identity,ft_all_lr1e-3", "--instances", "2")
+    assert code == 0
+    assert all(row["skipped"] == 2 for row in json.loads(out))
+
+    code, _, err = run(capsys, *args, "--variant", "nope")
+    assert code == 1
+    assert "valid variants" in err
+    code, _, err = run(
+        capsys,
+        "tamper",
+        "build",
+        "--target",
+        str(out_dir / "identity" / "0000"),
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert code == 1
+    assert "not a target" in err

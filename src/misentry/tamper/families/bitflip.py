@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from misentry.models import predict
-from misentry.tamper.base import Tampered, TamperContext, Tampering, Variant
+from misentry.tamper.base import TamperContext, Tampered, Tampering, Variant
 from misentry.tamper.measure import accuracy
 
 BITS = 8
@@ -82,7 +82,7 @@ class _Layer:
     """One Conv/Linear weight viewed as int8: its module name, parameter, step and integers."""
 
     name: str
-    weight: nn.Parameter
+    weight: torch.Tensor
     step: float
     q: torch.Tensor  # flat int64, the current integer of every weight
 
@@ -93,7 +93,7 @@ def _quantized_layers(model: nn.Module) -> list[_Layer]:
     for name, module in model.named_modules():
         if not isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
             continue
-        weight = module.weight
+        weight = module.weight.requires_grad_(True)
         if weight.numel() == 0 or not weight.is_contiguous():
             continue
         w = weight.detach()
@@ -108,10 +108,12 @@ def _quantized_layers(model: nn.Module) -> list[_Layer]:
 def _rebind(model: nn.Module, layers: list[_Layer]) -> list[_Layer]:
     """The same layers (steps, integers copied) bound to the parameters of ``model``."""
     modules = dict(model.named_modules())
-    return [
-        _Layer(layer.name, modules[layer.name].weight, layer.step, layer.q.clone())  # type: ignore[arg-type]
-        for layer in layers
-    ]
+    rebound = []
+    for layer in layers:
+        weight = modules[layer.name].weight
+        assert isinstance(weight, torch.Tensor)
+        rebound.append(_Layer(layer.name, weight.requires_grad_(True), layer.step, layer.q.clone()))
+    return rebound
 
 
 def _apply(layer: _Layer, index: torch.Tensor, q_new: torch.Tensor) -> None:
@@ -123,9 +125,11 @@ def _apply(layer: _Layer, index: torch.Tensor, q_new: torch.Tensor) -> None:
     layer.q[index] = q_new
 
 
-def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    """Cross-entropy on the attack batch and the number of images whose label differs."""
     with torch.no_grad():
-        return float(F.cross_entropy(model(x), y))
+        out = model(x)
+        return float(F.cross_entropy(out, y)), int((out.argmax(dim=1) != y).sum())
 
 
 @dataclass
@@ -135,6 +139,7 @@ class _Trial:
     q_new: torch.Tensor
     bits: list[tuple[int, int]]  # (flat index, bit), in flip order
     loss: float
+    mismatches: int
 
 
 def _search_step(
@@ -143,8 +148,12 @@ def _search_step(
     x: torch.Tensor,
     y: torch.Tensor,
     params: BitFlipParams,
-) -> list[dict[str, Any]] | None:
-    """One progressive-bit-search iteration; applies its flips and returns them (None: none)."""
+    iteration: int,
+) -> tuple[list[dict[str, Any]], int] | None:
+    """One progressive-bit-search iteration: applies its flips and returns them with the number
+    of attack images whose label now differs from the target's (None: no flip raised the loss)."""
+    if not layers:
+        return None
     with torch.enable_grad():
         loss = F.cross_entropy(model(x), y)
         grads = torch.autograd.grad(loss, [layer.weight for layer in layers])
@@ -185,28 +194,41 @@ def _search_step(
             flat = layer.weight.data.view(-1)
             saved, saved_q = flat[unique].clone(), layer.q[unique].clone()
             _apply(layer, unique, q_new)
-            trial_loss = _loss(model, x, y)
+            trial_loss, mismatches = _loss(model, x, y)
             flat[unique] = saved
             layer.q[unique] = saved_q
             if best is None or trial_loss > best.loss:
                 pairs = list(zip(index.tolist(), bit_pos.tolist(), strict=True))
-                best = _Trial(i, unique, q_new, pairs, trial_loss)
+                best = _Trial(i, unique, q_new, pairs, trial_loss, mismatches)
         if best is None:
             return None
         if best.loss > base:
-            return _commit(layers[best.layer], best)
+            return _commit(layers[best.layer], best, iteration), best.mismatches
     return None
 
 
-def _commit(layer: _Layer, trial: _Trial) -> list[dict[str, Any]]:
-    """Apply a trial for real and list its flips, one entry per bit, in order."""
+def _commit(layer: _Layer, trial: _Trial, iteration: int) -> list[dict[str, Any]]:
+    """Apply a trial for real and list its flips, one entry per bit, in order: module name, flat
+    index into its weight, bit (0 = LSB, 7 = sign), int8 value before and after, and the
+    (1-based) search iteration that flipped it."""
     flips = []
     current = {int(i): int(layer.q[i]) for i in trial.index}
     for index, bit in trial.bits:
         old = current[index]
-        new = int(bits_to_int8(int8_to_bits(torch.tensor(old)) ^ (torch.arange(BITS) == bit)))
+        bits = int8_to_bits(torch.tensor(old))
+        bits[bit] ^= 1
+        new = int(bits_to_int8(bits))
         current[index] = new
-        flips.append({"layer": layer.name, "index": index, "bit": bit, "old": old, "new": new})
+        flips.append(
+            {
+                "layer": layer.name,
+                "index": index,
+                "bit": bit,
+                "old": old,
+                "new": new,
+                "iteration": iteration,
+            }
+        )
     _apply(layer, trial.index, trial.q_new)
     return flips
 
@@ -239,6 +261,13 @@ class BitFlip(Tampering):
     Stop rule: checked after every applied iteration (usually one bit); the build stops at the
     first flip count that meets it, or with ``met=False`` at ``max_flips`` flips or when no
     candidate bit raises the loss. ``steps`` counts flipped bits.
+
+    Recorded: ``choices["flips"]`` (one entry per bit: module name, flat index into its weight,
+    bit 0-7 with 7 the sign bit, int8 value before and after, search iteration),
+    ``choices["attack_batch_indices"]`` (indices into the tamper role) and
+    ``choices["layer_steps"]`` (each layer's step); ``objective`` holds ``batch_accuracy``,
+    ``batch_accuracy_drop``, ``flips`` and the tampered model's ``check_accuracy`` with its
+    ``check_accuracy_drop`` from the target.
 
     Parameters: see :class:`BitFlipParams` (batch 128 images, k_top 10, drop 0.10, at most 50
     flips, progressive n up to 8 bits).
@@ -282,11 +311,12 @@ class BitFlip(Tampering):
         flips: list[dict[str, Any]] = []
         met = False
         while len(flips) < p.max_flips:
-            new = _search_step(model, layers, x, y, p)
-            if new is None:
+            iteration = flips[-1]["iteration"] + 1 if flips else 1
+            found = _search_step(model, layers, x, y, p, iteration)
+            if found is None:
                 break
-            flips.extend(new)
-            if int((predict(model, x) != y).sum()) >= needed:
+            flips.extend(found[0])
+            if found[1] >= needed:
                 met = True
                 break
         state = {"x": x, "y": y, "layers": layers, "needed": needed}
@@ -298,12 +328,14 @@ class BitFlip(Tampering):
         state = dict(tampered.state)
         model = copy.deepcopy(tampered.model).eval()
         layers = _rebind(model, state["layers"])
-        new = _search_step(model, layers, state["x"], state["y"], self.params)
-        if new is None:
+        previous = tampered.choices["flips"]
+        iteration = previous[-1]["iteration"] + 1 if previous else 1
+        found = _search_step(model, layers, state["x"], state["y"], self.params, iteration)
+        if found is None:
             return None
         state["layers"] = layers
-        flips = list(tampered.choices["flips"]) + new
-        met = int((predict(model, state["x"]) != state["y"]).sum()) >= state["needed"]
+        flips = list(tampered.choices["flips"]) + found[0]
+        met = found[1] >= state["needed"]
         return self._result(
             ctx,
             model,
