@@ -42,6 +42,7 @@ def make_ctx(digits_target: tuple[nn.Module, Record], digits_pools: Pools) -> Ma
             seed=instance_seed(namespace, variant, index),
             dataset=get_dataset("digits"),
             spec=input_spec("digits"),
+            index=index,
         )
 
     return make

@@ -35,6 +35,8 @@ class TamperContext:
         target_record: its record (architecture, seeds, metrics such as ``test_accuracy``).
         data: the pools this namespace may read, by role.
         seed: the instance seed; every random choice of the recipe derives from it.
+        index: the instance index; deterministic families (quantization) walk a grid of
+            settings by it so that instances differ.
         dataset: the dataset's registry entry.
         spec: the models' input spec.
     """
@@ -45,6 +47,7 @@ class TamperContext:
     seed: int
     dataset: DatasetInfo
     spec: InputSpec
+    index: int = 0
 
     @property
     def namespace(self) -> Namespace:

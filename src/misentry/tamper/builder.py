@@ -135,6 +135,7 @@ def build_instance(bench: Bench, variant: Variant, index: int, config: BuildConf
             seed=seed,
             dataset=get_dataset(bench.record.dataset),
             spec=bench.spec,
+            index=index,
         )
         tampered = tampering.build(ctx)
         seen = bench.observer.observe(tampered.model)
