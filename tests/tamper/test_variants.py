@@ -47,7 +47,7 @@ def test_every_variant_meets_its_objective_and_is_observable(
     variant = get_variant(slug)
     record = build_instance(bench, variant, 0, BuildConfig())
     m = record.metrics
-    assert m["objective_met"], (slug, m["objective"])
+    assert m["objective_met"] or variant.tampering.best_effort, (slug, m["objective"])
     if variant.tampering.expect_observable:
         assert m["observable"], slug
         assert m["attempt"] == 0 or m["unobservable_attempts"]

@@ -110,6 +110,9 @@ class Tampering(ABC):
     """How many natural units :meth:`extend` may add for observability (the documented cap)."""
     expect_observable: ClassVar[bool] = True
     """False only for controls (the exact copy), which the builder never pushes or replaces."""
+    best_effort: ClassVar[bool] = False
+    """True where the objective may stay out of reach within the documented cap (the instance
+    is kept, with ``met`` False and the value reached recorded)."""
 
     def __init__(self, params: Any) -> None:
         if not is_dataclass(params) or isinstance(params, type):
