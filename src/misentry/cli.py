@@ -424,7 +424,7 @@ def _add_tamper(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _tamper_list(args: argparse.Namespace) -> int:
     from misentry.tamper.registry import VARIANTS
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "slug": v.slug,
             "family": v.family,
