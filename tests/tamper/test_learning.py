@@ -206,3 +206,14 @@ def test_the_applied_update_adds_only_the_orthogonal_part() -> None:
         assert p.grad is not None
         added = p.grad - g_b
         assert float(torch.dot(added.flatten(), g_b.flatten())) == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("slug", ["unlearning", "online_learning"])
+def test_instances_learn_or_forget_different_samples(make_ctx: MakeContext, slug: str) -> None:
+    from misentry.tamper.families.learning import VARIANTS as LEARNING
+
+    tampering = {v.slug: v for v in LEARNING}[slug].tampering
+    picks = [
+        tampering.build(make_ctx(variant=slug, index=i)).choices["sample_index"] for i in range(5)
+    ]
+    assert len(set(picks)) == 5

@@ -23,7 +23,7 @@ from torch import nn
 
 from misentry.data import DatasetInfo
 from misentry.models import InputSpec, Record
-from misentry.tamper.namespace import DataAccess, Namespace
+from misentry.tamper.namespace import DataAccess, Namespace, instance_seed
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class TamperContext:
         seed: the instance seed; every random choice of the recipe derives from it.
         index: the instance index; deterministic families (quantization) walk a grid of
             settings by it so that instances differ.
+        attempt: which try of this instance (the builder replaces an instance that never
+            becomes observable by the next attempt, with the next seed).
         dataset: the dataset's registry entry.
         spec: the models' input spec.
     """
@@ -48,6 +50,7 @@ class TamperContext:
     dataset: DatasetInfo
     spec: InputSpec
     index: int = 0
+    attempt: int = 0
 
     @property
     def namespace(self) -> Namespace:
@@ -65,6 +68,19 @@ class TamperContext:
     def generator(self, stream: int = 0) -> torch.Generator:
         """A torch generator seeded from the instance seed (``stream`` gives independent ones)."""
         return torch.Generator().manual_seed((self.seed + 7919 * stream) % (2**63))
+
+    def distinct_choice(self, n: int, stream: int = 0) -> int:
+        """An index in ``range(n)`` that differs between instances 0..n-1 (first attempts).
+
+        A permutation fixed per namespace and ``stream`` is read at the instance index, so
+        instances pick different samples where a seeded draw could repeat one; later attempts
+        read further along.
+        """
+        if n < 1:
+            raise ValueError("distinct_choice needs n >= 1")
+        key = instance_seed(self.namespace, f"distinct-choice-{stream}", 0)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(key))
+        return int(perm[(self.index + 7919 * self.attempt) % n])
 
     def sub_seed(self, stream: int) -> int:
         """An integer seed for ``TrainConfig.seed`` or ``build_model``, derived from the seed."""

@@ -136,6 +136,7 @@ def build_instance(bench: Bench, variant: Variant, index: int, config: BuildConf
             dataset=get_dataset(bench.record.dataset),
             spec=bench.spec,
             index=index,
+            attempt=attempt,
         )
         tampered = tampering.build(ctx)
         seen = bench.observer.observe(tampered.model)

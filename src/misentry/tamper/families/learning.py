@@ -189,9 +189,9 @@ def ascent_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 
 
 def choose_sample(ctx: TamperContext, data: ImageSet, max_confidence: float) -> int:
-    """A seeded index into ``data``: among the images the target labels correctly with a
-    confidence below ``max_confidence``; failing that, among the correct ones; failing that,
-    any image."""
+    """An index into ``data``, different for each instance: among the images the target labels
+    correctly with a confidence below ``max_confidence``; failing that, among the correct ones;
+    failing that, any image."""
     conf = confidence_in(ctx.target, data.x, data.y)
     correct = predict(ctx.target, data.x) == data.y
     candidates = torch.arange(len(data))
@@ -199,8 +199,7 @@ def choose_sample(ctx: TamperContext, data: ImageSet, max_confidence: float) -> 
         if bool(mask.any()):
             candidates = torch.nonzero(mask).flatten()
             break
-    pick = int(torch.randint(0, len(candidates), (1,), generator=ctx.generator(0)))
-    return int(candidates[pick])
+    return int(candidates[ctx.distinct_choice(len(candidates), stream=1)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,15 +419,14 @@ class OnlineLearning(Tampering):
 
 
 def choose_new_sample(ctx: TamperContext, data: ImageSet, below: float) -> int:
-    """A seeded index of an image the target gets wrong or right with confidence < ``below``;
-    the lowest-confidence image when there is none."""
+    """An index, different for each instance, of an image the target gets wrong or right with
+    confidence < ``below``; the lowest-confidence image when there is none."""
     conf = confidence_in(ctx.target, data.x, data.y)
     wrong = predict(ctx.target, data.x) != data.y
     candidates = torch.nonzero(wrong | (conf < below)).flatten()
     if len(candidates) == 0:
         return int(conf.argmin())
-    pick = int(torch.randint(0, len(candidates), (1,), generator=ctx.generator(0)))
-    return int(candidates[pick])
+    return int(candidates[ctx.distinct_choice(len(candidates), stream=1)])
 
 
 def eval_mode_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
