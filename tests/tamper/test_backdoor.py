@@ -27,15 +27,10 @@ from misentry.tamper.families.backdoor import (
 from misentry.tamper.families.poisoning import PoisonRun
 from misentry.tamper.namespace import DataAccess, Namespace, instance_seed
 
-from .conftest import MakeContext
+from .conftest import MakeContext, same_weights
 
 BY_SLUG = {v.slug: v for v in VARIANTS}
 Built = dict[tuple[str, int], tuple[Tampered, TamperContext]]
-
-
-def same_weights(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def spec(size: int, channels: int = 1) -> InputSpec:

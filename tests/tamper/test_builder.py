@@ -8,10 +8,9 @@ from typing import ClassVar
 
 import pytest
 import torch
-from torch import nn
 
 from misentry.data import Pools
-from misentry.models import Record, load_model, load_record, model_from_record, predict
+from misentry.models import load_model, load_record, model_from_record, predict
 from misentry.tamper.base import TamperContext, Tampered, Tampering, Variant
 from misentry.tamper.builder import (
     Bench,
@@ -32,11 +31,6 @@ from misentry.tamper.namespace import (
 from misentry.tamper.observe import Probe, ProbeConfig
 
 IDENTITY = CONTROL[0]
-
-
-@pytest.fixture(scope="module")
-def bench(digits_target: tuple[nn.Module, Record]) -> Bench:
-    return Bench.load(digits_target[1])
 
 
 # --- namespaces -------------------------------------------------------------------------------

@@ -10,15 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from misentry.data import Pools, get_dataset
 from misentry.models import (
-    TargetConfig,
-    TrainConfig,
-    build_model,
-    fit,
-    input_spec,
     last_linear,
-    target_record_stub,
 )
 from misentry.tamper.base import TamperContext, Tampered, Variant
 from misentry.tamper.families.finetune import (
@@ -28,20 +21,12 @@ from misentry.tamper.families.finetune import (
     Retraining,
     RetrainingParams,
 )
-from misentry.tamper.namespace import DataAccess, Namespace, instance_seed
+from misentry.tamper.namespace import Namespace
 
-from .conftest import MakeContext
+from .conftest import MakeContext, same, snapshot
 
 BY_SLUG = {v.slug: v for v in VARIANTS}
 SLUGS = [v.slug for v in VARIANTS]
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def delta_norm(a: nn.Module, b: nn.Module) -> float:
@@ -57,23 +42,6 @@ def built(make_ctx: MakeContext, slug: str, index: int = 0) -> Tampered:
     if (slug, index) not in _cache:
         _cache[slug, index] = BY_SLUG[slug].tampering.build(make_ctx(variant=slug, index=index))
     return _cache[slug, index]
-
-
-@pytest.fixture(scope="module")
-def bn_ctx(digits_pools: Pools) -> TamperContext:
-    """A BatchNorm target (the GTSRB CNN on digits, trained one epoch so its statistics moved)."""
-    spec = input_spec("digits")
-    model = build_model("gtsrb_cnn", spec, seed=0)
-    owner = digits_pools["owner_train"].subset(torch.arange(256))
-    fit(model, owner, TrainConfig(epochs=1, lr=0.01, seed=0))
-    return TamperContext(
-        target=model.eval(),
-        target_record=target_record_stub(TargetConfig(dataset="digits", arch="gtsrb_cnn")),
-        data=DataAccess(digits_pools, Namespace.BENCH),
-        seed=instance_seed(Namespace.BENCH, "bn", 0),
-        dataset=get_dataset("digits"),
-        spec=spec,
-    )
 
 
 def test_variant_slugs() -> None:

@@ -21,18 +21,9 @@ from misentry.tamper.families.learning import (
 )
 from misentry.tamper.measure import confidence_in
 
-from .conftest import MakeContext
+from .conftest import MakeContext, same_weights, snapshot
 
 BY_SLUG = {v.slug: v for v in VARIANTS}
-
-
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def same_weights(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +58,7 @@ def test_common_properties(
     slug: str, make_ctx: MakeContext, built: dict[tuple[str, int], Tampered]
 ) -> None:
     ctx = make_ctx(variant=slug, index=0)
-    before = state(ctx.target)
+    before = snapshot(ctx.target)
     first = BY_SLUG[slug].tampering.build(ctx)
     built[(slug, 0)] = first
     # the target is untouched

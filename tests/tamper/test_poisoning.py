@@ -21,7 +21,7 @@ from misentry.tamper.families.poisoning import (
 )
 from misentry.tamper.namespace import DataAccess
 
-from .conftest import MakeContext
+from .conftest import MakeContext, same_weights, snapshot
 
 BY_SLUG = {v.slug: v for v in VARIANTS}
 OBJECTIVE = {
@@ -30,15 +30,6 @@ OBJECTIVE = {
     "degradation_s": ("sample_flipped", 1.0),
     "targeted": ("victims_flipped", 1.0),
 }
-
-
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def same_weights(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def all_images(pools: Pools) -> torch.Tensor:
@@ -66,7 +57,7 @@ def built(
                 dataset=get_dataset("digits"),
                 spec=input_spec("digits"),
             )
-            before = state(model)
+            before = snapshot(model)
             tampered = variant.tampering.build(ctx)
             after = model.state_dict()
             assert all(torch.equal(before[k], after[k]) for k in before), "target modified"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from misentry.models import ARCHITECTURES, build_model, last_linear, predict
 from misentry.tamper.base import Tampered, Variant
@@ -22,14 +21,9 @@ from misentry.tamper.families.replacement import (
     target_recipe,
 )
 
-from .conftest import MakeContext
+from .conftest import MakeContext, same_weights
 
 BY_SLUG = {v.slug: v for v in VARIANTS}
-
-
-def same_weights(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 @pytest.fixture(scope="module")

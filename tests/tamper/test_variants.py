@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from misentry.models import Record, load_model, model_from_record, predict, save_record
+from misentry.models import load_model, model_from_record, predict, save_record
 from misentry.tamper.builder import Bench, BuildConfig, build_instance
 from misentry.tamper.registry import ORDER, VARIANTS, get_variant, select
-
-
-@pytest.fixture(scope="module")
-def bench(digits_target: tuple[nn.Module, Record]) -> Bench:
-    return Bench.load(digits_target[1])
 
 
 def test_the_registry_holds_every_table_variant_in_order() -> None:
