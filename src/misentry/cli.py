@@ -477,9 +477,12 @@ def _tamper_build(args: argparse.Namespace) -> int:
             "build", total=len(variants) * args.instances, current=variants[0].slug
         )
 
+        queue = [v.slug for v in variants for _ in indices]  # what is built next, in order
+
         def on_instance(event: BuildEvent) -> None:
             per_variant.setdefault(event.variant, []).append(event)
-            progress.update(task, advance=1, current=event.variant)
+            done = sum(len(events) for events in per_variant.values())
+            progress.update(task, advance=1, current=queue[done] if done < len(queue) else "done")
 
         build_all(bench, variants, indices, args.out, on_instance=on_instance)
     summary = [_variant_summary(slug, events) for slug, events in per_variant.items()]
