@@ -1,0 +1,1 @@
+"""Fingerprint samples: the bundle format and per-sample statistics (generators come next)."""
