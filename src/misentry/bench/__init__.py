@@ -1,0 +1,1 @@
+"""The benchmark: metrics over tampered instances (the harness and reports come later)."""
