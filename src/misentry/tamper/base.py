@@ -23,6 +23,7 @@ from torch import nn
 
 from misentry.data import DatasetInfo
 from misentry.models import InputSpec, Record
+from misentry.models.record import json_ready
 from misentry.tamper.namespace import DataAccess, Namespace, instance_seed
 
 
@@ -150,15 +151,6 @@ class Tampering(ABC):
     def extend(self, ctx: TamperContext, tampered: Tampered) -> Tampered | None:
         """Go on by one natural unit; None when the family has no further unit."""
         return None
-
-
-def json_ready(value: Any) -> Any:
-    """Tuples to lists, recursively, so parameters hash and round-trip as JSON."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    return value
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,135 @@
+"""The interface every fingerprint generator implements, and what they all share.
+
+A generator is a named class whose constructor takes a frozen parameter dataclass and whose
+:meth:`Generator.generate` turns (target, natural source images, n, seed) into a
+:class:`~misentry.fingerprint.bundle.FingerprintSet`. Every method ends the same way: images
+rounded onto the 8-bit lattice (what a model receives over the wire), expected labels taken from
+the target on those rounded images, per-sample statistics, and the cost counted in forward and
+backward passes through the target and in seconds, so methods are compared on equal terms.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from misentry.data import ImageSet, to_pixels, to_unit
+from misentry.fingerprint.bundle import FingerprintSet
+from misentry.fingerprint.stats import describe_samples
+from misentry.models import predict
+from misentry.models.record import json_ready
+
+
+@dataclass
+class PassCount:
+    """Forward and backward passes through a model, counted in samples."""
+
+    forward: int = 0
+    backward: int = 0
+
+
+@contextmanager
+def count_passes(model: nn.Module) -> Iterator[PassCount]:
+    """Count the samples that go forward through ``model`` and the backward passes to its input.
+
+    A backward pass is counted per sample whenever a gradient reaches the model's input
+    (``torch.autograd.grad`` with respect to the images, or ``backward`` with images that
+    require gradients).
+    """
+    count = PassCount()
+    handles: list[RemovableHandle] = []
+
+    def on_forward(_module: nn.Module, inputs: tuple[Any, ...], _output: Any) -> None:
+        x = inputs[0]
+        count.forward += int(x.shape[0])
+        if x.requires_grad:
+            x.register_hook(lambda grad: _count_backward(count, grad))
+
+    handles.append(model.register_forward_hook(on_forward))
+    try:
+        yield count
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _count_backward(count: PassCount, grad: torch.Tensor) -> None:
+    count.backward += int(grad.shape[0])
+
+
+def on_lattice(x: torch.Tensor) -> torch.Tensor:
+    """Float images rounded to the nearest 8-bit values, as floats in [0, 1]."""
+    return to_unit(to_pixels(x))
+
+
+class Generator(ABC):
+    """A fingerprint generation method. Subclasses set ``name`` and implement :meth:`_search`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, params: Any) -> None:
+        if not is_dataclass(params) or isinstance(params, type):
+            raise TypeError(f"{type(self).__name__} takes a dataclass instance of parameters")
+        self.params = params
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params!r})"
+
+    @abstractmethod
+    def _search(
+        self, target: nn.Module, sources: ImageSet, n: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Return ``n`` candidate images (float, [0, 1]), the index of each one's source in
+        ``sources`` (-1 for none) and method-specific manifest entries."""
+
+    def generate(
+        self,
+        target: nn.Module,
+        sources: ImageSet,
+        n: int,
+        seed: int,
+        normal: torch.Tensor | None = None,
+        manifest: dict[str, Any] | None = None,
+    ) -> FingerprintSet:
+        """Generate ``n`` fingerprints for ``target`` from ``sources`` with ``seed``.
+
+        ``normal`` (natural images, e.g. the ``test`` pool) defines the normal entropy range for
+        the per-sample statistics; the sources stand in when it is not given. ``manifest``
+        entries (target id, dataset...) are recorded alongside the method's own.
+        """
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        started = time.perf_counter()
+        gen = torch.Generator().manual_seed(seed)
+        with count_passes(target) as passes:
+            candidates, source_index, extra = self._search(target, sources, n, gen)
+        images = to_pixels(candidates)
+        x = to_unit(images)
+        labels = predict(target, x)
+        has_source = source_index >= 0
+        matched = sources.x[source_index.clamp_min(0)] if bool(has_source.all()) else None
+        samples = describe_samples(target, x, matched, sources.x if normal is None else normal)
+        return FingerprintSet(
+            images=images,
+            labels=labels,
+            source_indices=source_index.to(torch.int64),
+            manifest={
+                **(manifest or {}),
+                "method": self.name,
+                "params": json_ready(asdict(self.params)),
+                "seed": seed,
+                "generation_seconds": time.perf_counter() - started,
+                "forward_passes": passes.forward,
+                "backward_passes": passes.backward,
+                "samples": samples,
+                **extra,
+            },
+        )
