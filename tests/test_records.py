@@ -673,3 +673,17 @@ def test_perturbed_helper_moves_every_tensor() -> None:
     before = copy.deepcopy(model.state_dict())
     after = perturbed(model).state_dict()
     assert all(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_every_kind_loads_without_importing_the_layer_that_writes_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for kind in ("target", "tampered"):
+        save_record(Record(kind=kind, dataset="digits"), tmp_path / kind)
+        path = str(tmp_path / kind)
+        code = f"from misentry.models import load_record; print(load_record({path!r}).kind)"
+        out = subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        )
+        assert out.stdout.strip() == kind

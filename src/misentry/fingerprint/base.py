@@ -74,6 +74,7 @@ class Generator(ABC):
     """A fingerprint generation method. Subclasses set ``name`` and implement :meth:`_search`."""
 
     name: ClassVar[str]
+    params: Any
 
     def __init__(self, params: Any) -> None:
         if not is_dataclass(params) or isinstance(params, type):

@@ -34,8 +34,10 @@ WEIGHTS_FILE = "weights.safetensors"
 
 RECORD_KINDS: dict[str, str] = {
     "target": "a model the owner trained and deploys (the model to protect)",
+    "tampered": "a tampered copy of a target (one BIVBench instance)",
 }
-"""Known record kinds and what each holds; later layers register theirs here."""
+"""Known record kinds and what each holds. They are listed here, in the lowest layer that reads
+records, so any record loads whatever else was imported; extensions call :func:`register_kind`."""
 
 IDENTITY_FIELDS = (
     "schema_version",

@@ -25,7 +25,6 @@ from misentry.models import (
     load_record,
     model_from_record,
     model_record,
-    register_kind,
     save_record,
 )
 from misentry.models.spec import InputSpec
@@ -33,8 +32,6 @@ from misentry.tamper.base import TamperContext, Tampered, Variant
 from misentry.tamper.measure import accuracy, changed_fraction
 from misentry.tamper.namespace import DataAccess, Namespace, Role, concat, instance_seed
 from misentry.tamper.observe import Observation, Observer, Probe, ProbeConfig
-
-register_kind("tampered", "a tampered copy of a target (one BIVBench instance)")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,26 @@
+"""The registry of fingerprint generators, by method name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from misentry.fingerprint.base import Generator
+from misentry.fingerprint.natural import Natural, NaturalParams, Noise, NoiseParams
+
+METHODS: dict[str, Callable[[], Generator]] = {
+    "natural": lambda: Natural(NaturalParams()),
+    "noise": lambda: Noise(NoiseParams()),
+}
+"""Method name -> a generator with its default parameters."""
+
+
+def get_method(name: str, **params: Any) -> Generator:
+    """The generator ``name`` with its defaults, or with ``params`` overriding them."""
+    try:
+        default = METHODS[name]()
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; methods: {', '.join(METHODS)}") from None
+    if not params:
+        return default
+    return type(default)(type(default.params)(**params))

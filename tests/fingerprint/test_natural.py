@@ -1,0 +1,59 @@
+"""The natural and noise baselines, through the generator registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from misentry.data import ImageSet, get_dataset
+from misentry.fingerprint.registry import METHODS, get_method
+from misentry.models import TargetConfig, TrainConfig, model_from_record, predict, train_target
+
+
+@pytest.fixture(scope="module")
+def target() -> nn.Module:
+    record = train_target(
+        TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16))
+    )
+    return model_from_record(record)
+
+
+@pytest.fixture(scope="module")
+def sources() -> ImageSet:
+    return get_dataset("digits").pools(0)["source"]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_gives_n_lattice_images_with_the_targets_labels(
+    name: str, target: nn.Module, sources: ImageSet
+) -> None:
+    fps = get_method(name).generate(target, sources, n=40, seed=0)
+    assert len(fps) == 40
+    assert torch.equal(fps.labels, predict(target, fps.x))
+    assert len(set(fps.source_indices.tolist())) == 40
+    assert fps.manifest["method"] == name
+
+
+def test_natural_fingerprints_are_the_sources(target: nn.Module, sources: ImageSet) -> None:
+    fps = get_method("natural").generate(target, sources, n=20, seed=1)
+    assert torch.equal(fps.images, sources.images[fps.source_indices])
+    assert fps.manifest["backward_passes"] == 0
+
+
+def test_noise_stays_within_its_bound(target: nn.Module, sources: ImageSet) -> None:
+    eps = 4 / 255
+    fps = get_method("noise", eps=eps).generate(target, sources, n=30, seed=2)
+    diff = (fps.x - sources.x[fps.source_indices]).abs()
+    assert float(diff.max()) <= eps + 0.5 / 255 + 1e-6  # the bound, plus 8-bit rounding
+    assert float(diff.max()) > 0
+    assert all(row["linf"] <= eps + 0.5 / 255 + 1e-6 for row in fps.manifest["samples"])
+
+
+def test_unknown_methods_and_too_many_fingerprints_are_refused(
+    target: nn.Module, sources: ImageSet
+) -> None:
+    with pytest.raises(KeyError, match="natural"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="source images"):
+        get_method("natural").generate(target, sources, n=len(sources) + 1, seed=0)
