@@ -139,3 +139,17 @@ def test_gradients_only_for_the_inputs(x0: torch.Tensor) -> None:
 def test_rejects_a_scalar_objective(x0: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="one loss per input"):
         pgd(lambda x: x.sum(), x0, eps=0.1, steps=1, step_size=0.01)
+
+
+def test_keep_best_returns_the_lowest_loss_iterate() -> None:
+    """Signed steps of 0.03 towards a minimum at 0.05 oscillate 0 -> 0.03 -> 0.06 -> 0.03: the
+    last iterate (0.03, loss 0.02) is worse than the best one (0.06, loss 0.01)."""
+    x0 = torch.zeros(3, 1, 2, 2)
+
+    def objective(x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1).mean(1) - 0.05).abs()
+
+    last = pgd(objective, x0, eps=1.0, steps=3, step_size=0.03)
+    best = pgd(objective, x0, eps=1.0, steps=3, step_size=0.03, keep_best=True)
+    assert torch.allclose(last.flatten(1).mean(1), torch.full((3,), 0.03), atol=1e-6)
+    assert torch.allclose(best.flatten(1).mean(1), torch.full((3,), 0.06), atol=1e-6)

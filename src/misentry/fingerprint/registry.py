@@ -6,11 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 from misentry.fingerprint.base import Generator
+from misentry.fingerprint.ibsf import Ibsf, IbsfParams
 from misentry.fingerprint.natural import Natural, NaturalParams, Noise, NoiseParams
 
 METHODS: dict[str, Callable[[], Generator]] = {
     "natural": lambda: Natural(NaturalParams()),
     "noise": lambda: Noise(NoiseParams()),
+    "ibsf": lambda: Ibsf(IbsfParams()),
 }
 """Method name -> a generator with its default parameters."""
 

@@ -31,6 +31,7 @@ def pgd(
     generator: torch.Generator | None = None,
     bounds: tuple[float, float] = (0.0, 1.0),
     early_stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    keep_best: bool = False,
 ) -> torch.Tensor:
     r"""Projected gradient descent on the inputs ``x0`` (Madry et al., 2018).
 
@@ -62,6 +63,8 @@ def pgd(
         bounds: the pixel box (default [0, 1], the float image range of misentry).
         early_stop: ``early_stop(x) -> done`` with one bool per input, checked before each step
             without gradients; done inputs stop moving and the loop ends when all are done.
+        keep_best: return, for each input, the iterate with the lowest loss seen (the final one
+            included) instead of the last iterate.
 
     Shape:
         - x0: (N, C, H, W) or any (N, ...), float.
@@ -104,6 +107,13 @@ def pgd(
         x = project(x0 + random_delta(x0, eps, norm, generator, bounds))
     active = torch.ones(n, dtype=torch.bool, device=x0.device)
     view = (-1, *([1] * (x0.dim() - 1)))
+    best_x, best_loss = x.clone(), torch.full((n,), math.inf, device=x0.device)
+
+    def remember(x: torch.Tensor, losses: torch.Tensor) -> None:
+        better = losses.detach() < best_loss
+        best_loss[better] = losses.detach()[better]
+        best_x[better] = x.detach()[better]
+
     for _ in range(steps):
         if early_stop is not None:
             with torch.no_grad():
@@ -120,6 +130,8 @@ def pgd(
                     f"{tuple(losses.shape)}"
                 )
             (grad,) = torch.autograd.grad(losses.sum(), xg)
+        if keep_best:
+            remember(x, losses)
         if scale is not None:
             grad = grad * scale
         if norm == "linf":
@@ -128,6 +140,10 @@ def pgd(
             step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
         step = step * active.to(x0.dtype).view(view)
         x = project(x.detach() - step_size * step)
+    if keep_best:
+        with torch.no_grad():
+            remember(x, objective(x))
+        return best_x
     return x.detach()
 
 
