@@ -341,22 +341,13 @@ class Backdoor(_TriggerFamily):
             transform=stamper(trigger, p.poison_fraction, target, poison_seed),
         )
         result = train_until(model, run)
-        model.eval()
-        objective = run.report(model)
-        return Tampered(
-            model=model,
-            objective=objective,
-            met=objective["asr"] >= p.asr,
-            steps=result.steps,
-            epochs=result.epochs,
-            choices={
-                "trigger": trigger.to_json(),
-                "target_label": target,
-                "poison_fraction": p.poison_fraction,
-                "poison_seed": poison_seed,
-            },
-            state={"run": run, "trigger": trigger},
-        )
+        choices = {
+            "trigger": trigger.to_json(),
+            "target_label": target,
+            "poison_fraction": p.poison_fraction,
+            "poison_seed": poison_seed,
+        }
+        return run.outcome(model, result.steps, result.epochs, choices, {"trigger": trigger})
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,26 +552,17 @@ class Trojan(_TriggerFamily):
             transform=stamper(trigger, p.poison_fraction, target, poison_seed),
         )
         result = train_until(model, run)
-        model.eval()
-        objective = run.report(model)
-        return Tampered(
-            model=model,
-            objective=objective,
-            met=objective["asr"] >= p.asr,
-            steps=result.steps,
-            epochs=result.epochs,
-            choices={
-                "trigger": trigger.to_json(),
-                "target_label": target,
-                "neuron": neuron,
-                "layer": found.layer,
-                "candidates": list(found.candidates),
-                "retrained": list(retrained) if retrained is not None else None,
-                "poison_fraction": p.poison_fraction,
-                "poison_seed": poison_seed,
-            },
-            state={"run": run, "trigger": trigger},
-        )
+        choices = {
+            "trigger": trigger.to_json(),
+            "target_label": target,
+            "neuron": neuron,
+            "layer": found.layer,
+            "candidates": list(found.candidates),
+            "retrained": list(retrained) if retrained is not None else None,
+            "poison_fraction": p.poison_fraction,
+            "poison_seed": poison_seed,
+        }
+        return run.outcome(model, result.steps, result.epochs, choices, {"trigger": trigger})
 
 
 # --------------------------------------------------------------------------------------------
@@ -684,20 +666,15 @@ class CleanLabel(_TriggerFamily):
             per_batch=p.mix_per_batch,
         )
         result = train_until(model, run)
-        model.eval()
-        objective = run.report(model)
         adv_fooled = (
             float((predict(ctx.target, adversarial) != y[poisoned]).float().mean())
             if count
             else 0.0
         )
-        objective["perturbation_fooled"] = adv_fooled
-        return Tampered(
-            model=model,
-            objective=objective,
-            met=objective["asr"] >= p.asr,
-            steps=result.steps,
-            epochs=result.epochs,
+        return run.outcome(
+            model,
+            result.steps,
+            result.epochs,
             choices={
                 "trigger": trigger.to_json(),
                 "target_label": target,
@@ -706,13 +683,13 @@ class CleanLabel(_TriggerFamily):
                 "train_seed": run.config.seed,
             },
             state={
-                "run": run,
                 "trigger": trigger,
                 "poisoned": poisoned,
                 "adversarial": adversarial,
                 "poison_x": x_poison,
                 "poison_y": y[poisoned].clone(),
             },
+            perturbation_fooled=adv_fooled,
         )
 
 

@@ -73,6 +73,28 @@ class PoisonRun:
     transform: Callable[[torch.Tensor, torch.Tensor, TrainState], Batch] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
 
+    def outcome(
+        self,
+        model: nn.Module,
+        steps: int,
+        epochs: int,
+        choices: dict[str, Any],
+        state: dict[str, Any] | None = None,
+        **extra: float,
+    ) -> Tampered:
+        """The instance once ``model`` has been trained with this run: the report (plus
+        ``extra`` values) as objective, met when the stop value reached the threshold."""
+        model.eval()
+        return Tampered(
+            model=model,
+            objective={**self.report(model), **extra},
+            met=self.stop_value(model) >= self.threshold,
+            steps=steps,
+            epochs=epochs,
+            choices=choices,
+            state={"run": self, **(state or {})},
+        )
+
     def hooks(self, stop: bool = True) -> TrainHooks:
         transform = self.transform if self.mix is None else mixer(*self.mix, self.per_batch)
         if not stop:
@@ -318,17 +340,7 @@ class Degradation(Tampering):
             per_batch=p.mix_per_batch,
         )
         result = train_until(model, run)
-        model.eval()
-        objective = run.report(model)
-        return Tampered(
-            model=model,
-            objective=objective,
-            met=objective["poison_follow_rate"] >= p.follow,
-            steps=result.steps,
-            epochs=result.epochs,
-            choices=choices,
-            state={"run": run},
-        )
+        return run.outcome(model, result.steps, result.epochs, choices)
 
     def _build_sample(self, ctx: TamperContext) -> Tampered:
         p = self.params
@@ -366,17 +378,8 @@ class Degradation(Tampering):
             per_batch=1,
         )
         lr, steps, epochs = flip_samples(model, run, p.sample_lrs, p.sample_stage_steps)
-        model.eval()
-        objective = {**run.report(model), "lr": lr}
-        return Tampered(
-            model=model,
-            objective=objective,
-            met=objective["sample_flipped"] >= 1.0,
-            steps=steps,
-            epochs=epochs,
-            choices={"sample": index, "true_label": int(y[index]), "poison_label": int(label[0])},
-            state={"run": run},
-        )
+        choices = {"sample": index, "true_label": int(y[index]), "poison_label": int(label[0])}
+        return run.outcome(model, steps, epochs, choices, lr=lr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,21 +507,12 @@ class TargetedPoisoning(Tampering):
             per_batch=len(victims) * p.copies_per_batch,
         )
         lr, steps, epochs = flip_samples(model, run, p.lrs, p.stage_steps)
-        model.eval()
-        objective = {**run.report(model), "lr": lr}
-        return Tampered(
-            model=model,
-            objective=objective,
-            met=objective["victims_flipped"] >= 1.0,
-            steps=steps,
-            epochs=epochs,
-            choices={
-                "victims": victims.tolist(),
-                "true_labels": y[victims].tolist(),
-                "target_labels": labels.tolist(),
-            },
-            state={"run": run},
-        )
+        choices = {
+            "victims": victims.tolist(),
+            "true_labels": y[victims].tolist(),
+            "target_labels": labels.tolist(),
+        }
+        return run.outcome(model, steps, epochs, choices, lr=lr)
 
 
 VARIANTS: tuple[Variant, ...] = (

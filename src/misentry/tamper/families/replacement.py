@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from abc import abstractmethod
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -169,6 +170,32 @@ def train_to_accuracy(
     return Trained(result.steps, result.epochs, reached, target_accuracy)
 
 
+def replacement_outcome(
+    ctx: TamperContext,
+    model: nn.Module,
+    run: Trained,
+    tolerance: float,
+    arch: str,
+    choices: dict[str, Any],
+) -> Tampered:
+    """A model trained from scratch to within ``tolerance`` of the target's accuracy."""
+    gap = run.target_check_accuracy - run.check_accuracy
+    return Tampered(
+        model=model.eval(),
+        objective={
+            "check_accuracy": run.check_accuracy,
+            "target_check_accuracy": run.target_check_accuracy,
+            "accuracy_gap": gap,
+            "agreement": agreement(ctx, model),
+        },
+        met=gap <= tolerance + ACCURACY_SLACK,
+        steps=run.steps,
+        epochs=run.epochs,
+        choices=choices,
+        architecture=arch,
+    )
+
+
 def agreement(ctx: TamperContext, model: nn.Module) -> float:
     """Share of ``ctx.data.check`` images on which ``model`` and the target give the same label."""
     x = ctx.data.check.x
@@ -289,21 +316,8 @@ class Distillation(Tampering):
         run = train_to_accuracy(
             ctx, model, images, config, p.tolerance, TrainHooks(transform_batch=teacher_labels)
         )
-        gap = run.target_check_accuracy - run.check_accuracy
-        return Tampered(
-            model=model.eval(),
-            objective={
-                "check_accuracy": run.check_accuracy,
-                "target_check_accuracy": run.target_check_accuracy,
-                "accuracy_gap": gap,
-                "agreement": agreement(ctx, model),
-            },
-            met=gap <= p.tolerance + ACCURACY_SLACK,
-            steps=run.steps,
-            epochs=run.epochs,
-            choices={"student": arch, "student_seed": student_seed, "labels": "hard"},
-            architecture=arch,
-        )
+        choices = {"student": arch, "student_seed": student_seed, "labels": "hard"}
+        return replacement_outcome(ctx, model, run, p.tolerance, arch, choices)
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,21 +520,8 @@ class IndependentModel(Tampering):
         model = build_model(arch, ctx.spec, model_seed)
         config = scratch_config(ctx, p.max_epochs, ctx.sub_seed(2))
         run = train_to_accuracy(ctx, model, ctx.data.owner_train, config, p.tolerance)
-        gap = run.target_check_accuracy - run.check_accuracy
-        return Tampered(
-            model=model.eval(),
-            objective={
-                "check_accuracy": run.check_accuracy,
-                "target_check_accuracy": run.target_check_accuracy,
-                "accuracy_gap": gap,
-                "agreement": agreement(ctx, model),
-            },
-            met=gap <= p.tolerance + ACCURACY_SLACK,
-            steps=run.steps,
-            epochs=run.epochs,
-            choices={"architecture": arch, "model_seed": model_seed},
-            architecture=arch,
-        )
+        choices = {"architecture": arch, "model_seed": model_seed}
+        return replacement_outcome(ctx, model, run, p.tolerance, arch, choices)
 
 
 class DifferentArch(IndependentModel):
