@@ -40,6 +40,7 @@ examples:
   misentry record show runs/target         verify a record and print what it holds
   misentry tamper list                     the BIVBench tampering variants
   misentry tamper build --target runs/target --variant all --instances 10 --out runs/bench
+  misentry fingerprint --method misentry --target runs/target --n 100 --out runs/fp
 """
 
 console = Console()
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(verbs)
     _add_record(verbs)
     _add_tamper(verbs)
+    _add_fingerprint(verbs)
     return parser
 
 
@@ -406,8 +408,9 @@ def _add_tamper(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "subtlest model that meets the variant's objective and changes some top-1 label on "
         "the observability probe. Instances go to OUT/<variant>/<index>/ as records; "
         "finished ones are skipped, so an interrupted run resumes where it stopped.\n\n"
-        "Instance seeds come from the benchmark namespace, and recipes read only the "
-        "attacker pool for training, so fingerprint generators never see them.",
+        "Instance seeds come from the benchmark namespace (or, with --namespace tune, from the "
+        "validation namespace used to tune generators), and recipes read only the attacker "
+        "pool for training, so fingerprint generators never see them.",
     )
     build.add_argument("--target", type=Path, required=True, help="target record folder")
     build.add_argument(
@@ -417,6 +420,13 @@ def _add_tamper(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     build.add_argument("--seed", type=int, default=0, help="first instance index (default 0)")
     build.add_argument("--out", type=Path, required=True, help="output folder")
     build.add_argument("--root", type=Path, help="dataset folder, for datasets read from disk")
+    build.add_argument(
+        "--namespace",
+        choices=("bench", "tune"),
+        default="bench",
+        help="bench: instances a reported table evaluates (default); tune: validation "
+        "instances with seeds of their own, for tuning fingerprint generators",
+    )
     build.add_argument("--json", action="store_true", help="print a JSON summary")
     tamper.set_defaults(handler=lambda _args: _print_help(tamper))
 
@@ -450,7 +460,8 @@ def _tamper_build(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from misentry.models import RecordError, load_record
-    from misentry.tamper.builder import Bench, BuildEvent, build_all
+    from misentry.tamper.builder import Bench, BuildConfig, BuildEvent, build_all
+    from misentry.tamper.namespace import Namespace
     from misentry.tamper.registry import select
 
     if args.instances < 1:
@@ -484,7 +495,8 @@ def _tamper_build(args: argparse.Namespace) -> int:
             done = sum(len(events) for events in per_variant.values())
             progress.update(task, advance=1, current=queue[done] if done < len(queue) else "done")
 
-        build_all(bench, variants, indices, args.out, on_instance=on_instance)
+        config = BuildConfig(namespace=Namespace(args.namespace))
+        build_all(bench, variants, indices, args.out, config, on_instance=on_instance)
     summary = [_variant_summary(slug, events) for slug, events in per_variant.items()]
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -520,6 +532,344 @@ def _variant_summary(slug: str, events: list[Any]) -> dict[str, Any]:
         "mean_build_seconds": sum(m["build_seconds"] for m in metrics) / len(metrics),
         "paths": [str(e.path) for e in events],
     }
+
+
+# --- fingerprint ------------------------------------------------------------------------------
+
+FINGERPRINT_DESCRIPTION = """\
+Generate N fingerprint samples for a target record and write them to --out as a bundle folder:
+fingerprints.safetensors (the 8-bit images, the target's top-1 label on each, the index of each
+one's natural source image) and manifest.json (method, profile, parameters, seeds, target id,
+per-sample statistics, cost). With a key (--key-file, or the MISENTRY_BUNDLE_KEY environment
+variable) the bundle is signed with HMAC-SHA256, and a changed bundle is refused when loaded.
+A verifier later sends the images to the deployed model and compares its top-1 labels.
+
+Fingerprints start from the target's `source` pool (see `misentry data show`); MiSentry also
+builds a zoo of subtly tampered copies of the target from the owner's held-out `val` pool.
+
+methods:
+  natural          unmodified source images: the floor every method must beat
+  noise            source images plus uniform noise (--eps, default 8/255)
+  ibsf             IBSF (Bai et al., ICML 2024): points where k decision boundaries
+                   intersect, within an L2 ball around the source (--eps, default 1.0)
+  misentry         MiSentry: PGD against a zoo of tampered copies with meta-learning, then
+                   8-bit refinement and screening; the strict profile unless --profile covert
+  misentry-covert  MiSentry with the covert profile (= --method misentry --profile covert)
+
+profiles (MiSentry only):
+  strict  fingerprints sit where three decision boundaries meet (target confidence about
+          1/3, the top three logits a tiny window apart): almost any change of the weights
+          flips their label, so they catch the subtlest tampering, but they do not look
+          like the queries real users send
+  covert  each fingerprint's confidence, entropy and margin lie inside the normal band of
+          real images of its label: they look like normal queries, and catch only the
+          larger tamperings
+
+parameters: --norm, --eps and --set KEY=VALUE override single fields of the method's
+parameters (VALUE is read as JSON when it parses, else as a string; a JSON list becomes a
+tuple). --eps accepts a fraction such as 8/255. The names and defaults are in each method's
+parameter class (e.g. misentry.fingerprint.misentry.MisentryParams)."""
+
+FINGERPRINT_EPILOG = """\
+examples:
+  misentry fingerprint --method natural --target runs/target --n 100 --out runs/fp-natural
+  misentry fingerprint --method misentry --profile covert --target runs/target --n 100 \\
+      --out runs/fp-covert --key-file owner.key --export-png runs/fp-covert-png
+  misentry fingerprint --method misentry --target runs/target --n 100 --out runs/fp \\
+      --norm l2 --eps 1.5 --set steps=30 --set 'zoo=["ft_last:1e-4x4", "ft_all:1e-5x4"]'"""
+
+
+def _add_fingerprint(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fp = _verb(
+        verbs,
+        "fingerprint",
+        "generate a fingerprint bundle for a target",
+        _fingerprint,
+        description=FINGERPRINT_DESCRIPTION,
+    )
+    fp.epilog = FINGERPRINT_EPILOG
+    fp.add_argument(
+        "--method",
+        required=True,
+        help="natural, noise, ibsf, misentry or misentry-covert (see above)",
+    )
+    fp.add_argument(
+        "--profile",
+        choices=("strict", "covert"),
+        help="MiSentry's profile (default strict); only with --method misentry",
+    )
+    fp.add_argument("--target", type=Path, required=True, help="target record folder")
+    fp.add_argument("--n", type=int, default=100, help="number of fingerprints (default 100)")
+    fp.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    fp.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    fp.add_argument("--norm", choices=("linf", "l2"), help="distance bound's norm (override)")
+    fp.add_argument(
+        "--eps", type=_fraction, help="distance bound in [0, 1] pixel units, e.g. 8/255"
+    )
+    fp.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter of the method (repeatable)",
+    )
+    fp.add_argument(
+        "--key-file",
+        type=Path,
+        help="sign the bundle with this key (default: MISENTRY_BUNDLE_KEY if set, else unsigned)",
+    )
+    fp.add_argument(
+        "--export-png", type=Path, metavar="DIR", help="also write a PNG sheet per fingerprint"
+    )
+    fp.add_argument("--root", type=Path, help="dataset folder, for datasets read from disk")
+    fp.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    fp.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def _fraction(text: str) -> float:
+    """A float, or a fraction such as ``8/255``."""
+    numerator, slash, denominator = text.partition("/")
+    try:
+        return float(numerator) / float(denominator) if slash else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
+
+
+def _fingerprint(args: argparse.Namespace) -> int:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from misentry.data import get_dataset
+    from misentry.fingerprint.base import GenerationError, SearchContext
+    from misentry.fingerprint.bundle import MANIFEST_FILE, load_key, save_bundle
+    from misentry.models import RecordError, load_model
+
+    if args.n < 1:
+        raise CliError("--n must be at least 1")
+    method, profile = _method_and_profile(args.method, args.profile)
+    generator = _build_generator(method, _parameter_overrides(args))
+    out: Path = args.out
+    if out.exists():
+        is_bundle = (out / MANIFEST_FILE).is_file()
+        if is_bundle and not args.force:
+            raise CliError(f"--out: {out} already holds a bundle; use --force to replace it")
+        if not is_bundle and (out.is_file() or any(out.iterdir())):
+            raise CliError(
+                f"--out: {out} exists and is not a fingerprint bundle; choose a new folder"
+            )
+    key = load_key(args.key_file)
+    try:
+        model, record = load_model(args.target)
+    except RecordError as err:
+        raise CliError(f"--target: {err}") from None
+    if record.kind != "target":
+        raise CliError(
+            f"--target: {args.target} holds a {record.kind!r} record, not a target; "
+            "fingerprints are generated for the model the owner trained"
+        )
+    with err_console.status(f"loading the pools of {record.dataset}…"):
+        pools = get_dataset(record.dataset).pools(record.data_seed, args.root)
+    manifest: dict[str, Any] = {
+        "target_id": record.record_id,
+        "dataset": record.dataset,
+        "architecture": record.architecture,
+        "data_seed": record.data_seed,
+        "n": args.n,
+        "seed": args.seed,
+    }
+    if profile is not None:
+        manifest["profile"] = profile
+    normal = pools["test"].x
+    with Progress(
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=args.json,
+    ) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        context = SearchContext(normal=normal, pools=pools, record=record, progress=on_progress)
+        try:
+            fps = generator.generate(
+                model, pools["source"], args.n, args.seed, normal, manifest, context
+            )
+        except GenerationError as err:
+            raise CliError(str(err)) from None
+    save_bundle(fps, out, key=key)
+    sheets = None
+    if args.export_png is not None:
+        from misentry.fingerprint.export import export_png
+
+        sheets = export_png(fps, pools["source"], args.export_png)
+    summary = _fingerprint_summary(fps.manifest, fps.labels.tolist(), out, key is not None)
+    summary["png"] = None if sheets is None else str(args.export_png)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    _print_fingerprint_summary(summary)
+    return 0
+
+
+def _method_and_profile(method: str, profile: str | None) -> tuple[str, str | None]:
+    """The registry's method name for ``--method`` with ``--profile``, and the profile."""
+    if method == "misentry-covert" and profile in (None, "covert"):
+        return method, "covert"
+    if method == "misentry":
+        return ("misentry-covert" if profile == "covert" else "misentry"), profile or "strict"
+    if profile is not None:
+        raise CliError(
+            f"--profile applies to --method misentry only, not {method!r} "
+            "(misentry-covert is the covert profile already)"
+        )
+    return method, None
+
+
+def _parameter_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--norm``, ``--eps`` and every ``--set KEY=VALUE`` as one dict of parameter values."""
+    overrides: dict[str, Any] = {}
+    for item in args.overrides:
+        key, equals, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not equals or not key:
+            raise CliError(f"--set {item!r}: expected KEY=VALUE, e.g. --set steps=30")
+        if key in overrides:
+            raise CliError(f"--set: {key} is given twice")
+        overrides[key] = _parse_value(text)
+    for key, value in (("norm", args.norm), ("eps", args.eps)):
+        if value is not None:
+            if key in overrides:
+                raise CliError(f"{key} is given both as --{key} and with --set; give it once")
+            overrides[key] = value
+    return overrides
+
+
+def _parse_value(text: str) -> Any:
+    """JSON when ``text`` parses as JSON (lists become tuples), else the string itself."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _build_generator(method: str, overrides: dict[str, Any]) -> Any:
+    """The method's generator with ``overrides``, after checking names and value types."""
+    import dataclasses
+
+    from misentry.fingerprint.registry import get_method
+
+    default = get_method(method)
+    fields = [f.name for f in dataclasses.fields(default.params) if f.init]
+    for key, value in overrides.items():
+        if key not in fields:
+            known = ", ".join(fields) if fields else "none"
+            raise CliError(f"{method} has no parameter {key!r}; its parameters: {known}")
+        overrides[key] = _check_type(key, value, getattr(default.params, key))
+    try:
+        return get_method(method, **overrides)
+    except (TypeError, ValueError) as err:
+        raise CliError(f"bad parameters for {method}: {err}") from None
+
+
+def _check_type(key: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of the parameter's default (an int is a float where one is due)."""
+    if default is None:
+        return value
+    expected: type = type(default)
+    if expected is float and type(value) is int:
+        return float(value)
+    if type(value) is not expected:
+        name = expected.__name__
+        article = "an" if name[0] in "aeiou" else "a"
+        raise CliError(
+            f"parameter {key} takes {article} {name} (default {default!r}); got {value!r}"
+        )
+    return value
+
+
+def _fingerprint_summary(
+    manifest: dict[str, Any], labels: list[int], out: Path, signed: bool
+) -> dict[str, Any]:
+    import statistics
+
+    samples = manifest.get("samples", [])
+
+    def column(key: str) -> list[float]:
+        return [float(row[key]) for row in samples if row.get(key) is not None]
+
+    def median(key: str) -> float | None:
+        values = column(key)
+        return statistics.median(values) if values else None
+
+    def largest(key: str) -> float | None:
+        values = column(key)
+        return max(values) if values else None
+
+    screening = manifest.get("screening")
+    return {
+        "method": manifest.get("method"),
+        "profile": manifest.get("profile"),
+        "n": len(labels),
+        "distinct_labels": len(set(labels)),
+        "median_confidence": median("confidence"),
+        "median_margin": median("margin"),
+        "max_linf": largest("linf"),
+        "max_l2": largest("l2"),
+        "generation_seconds": manifest.get("generation_seconds"),
+        "forward_passes": manifest.get("forward_passes"),
+        "backward_passes": manifest.get("backward_passes"),
+        "screening": screening if isinstance(screening, dict) else None,
+        "path": str(out),
+        "signed": signed,
+    }
+
+
+def _print_fingerprint_summary(summary: dict[str, Any]) -> None:
+    def number(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    table = Table(title=f"fingerprint bundle {summary['path']}", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    table.add_row("method", str(summary["method"]))
+    if summary["profile"] is not None:
+        table.add_row("profile", str(summary["profile"]))
+    labels = summary["distinct_labels"]
+    plural = "" if labels == 1 else "s"
+    table.add_row("fingerprints", f"{summary['n']} ({labels} distinct label{plural})")
+    table.add_row("median confidence", number(summary["median_confidence"], ".4f"))
+    table.add_row("median margin", number(summary["median_margin"], ".3g") + " logits")
+    linf = number(None if summary["max_linf"] is None else summary["max_linf"] * 255, ".1f")
+    table.add_row("max distance", f"L-inf {linf}/255, L2 {number(summary['max_l2'], '.3f')}")
+    table.add_row("generation", f"{number(summary['generation_seconds'], '.1f')} s")
+    table.add_row(
+        "passes", f"{summary['forward_passes']:,} forward, {summary['backward_passes']:,} backward"
+    )
+    screening = summary["screening"]
+    if screening is not None:
+        table.add_row(
+            "screening",
+            f"{screening.get('unstable', 0)} unstable, {screening.get('outside_window', 0)} "
+            "outside the window (of all candidates)",
+        )
+    table.add_row("signed", "yes (HMAC-SHA256)" if summary["signed"] else "no")
+    if summary["png"] is not None:
+        table.add_row("PNG sheets", summary["png"])
+    console.print(table)
 
 
 def _set_threads(threads: int | None) -> None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from misentry.data import ImageSet, get_dataset
-from misentry.fingerprint.base import Generator, count_passes, on_lattice
+from misentry.fingerprint.base import Generator, SearchContext, count_passes, on_lattice
 from misentry.fingerprint.bundle import load_bundle, save_bundle
 from misentry.models import TargetConfig, TrainConfig, model_from_record, predict, train_target
 
@@ -41,7 +41,12 @@ class OneGradientStep(Generator):
     name = "one_step"
 
     def _search(
-        self, target: nn.Module, sources: ImageSet, n: int, generator: torch.Generator
+        self,
+        target: nn.Module,
+        sources: ImageSet,
+        n: int,
+        generator: torch.Generator,
+        context: SearchContext,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         index = torch.randperm(len(sources), generator=generator)[:n]
         x = sources.x[index].clone().requires_grad_(True)
@@ -105,3 +110,18 @@ def test_count_passes_counts_samples_forward_and_backward() -> None:
 def test_params_must_be_a_dataclass_instance() -> None:
     with pytest.raises(TypeError, match="dataclass"):
         OneGradientStep({"step": 1.0})
+
+
+def test_the_manifest_names_the_weights_it_was_made_with(
+    target: nn.Module, sources: ImageSet
+) -> None:
+    import copy
+
+    from misentry.fingerprint.base import weights_digest
+
+    fps = OneGradientStep(StepParams()).generate(target, sources, n=4, seed=0)
+    assert fps.manifest["target_weights_sha256"] == weights_digest(target)
+    changed = copy.deepcopy(target)
+    with torch.no_grad():
+        next(changed.parameters()).view(-1)[0] += 1e-6
+    assert weights_digest(changed) != weights_digest(target)

@@ -36,21 +36,27 @@ IDENTITY = CONTROL[0]
 # --- namespaces -------------------------------------------------------------------------------
 
 
-def test_seeds_of_the_two_namespaces_never_meet() -> None:
-    bench_seeds = {
-        instance_seed(Namespace.BENCH, v, i, a)
-        for v in ("ft_all_lr1e-4", "backdoor")
-        for i in range(50)
-        for a in range(3)
+def test_seeds_of_the_namespaces_never_meet() -> None:
+    seeds = {
+        ns: {
+            instance_seed(ns, v, i, a)
+            for v in ("ft_all_lr1e-4", "backdoor")
+            for i in range(50)
+            for a in range(3)
+        }
+        for ns in Namespace
     }
-    zoo_seeds = {
-        instance_seed(Namespace.ZOO, v, i, a)
-        for v in ("ft_all_lr1e-4", "backdoor")
-        for i in range(50)
-        for a in range(3)
-    }
-    assert len(bench_seeds) == len(zoo_seeds) == 300
-    assert not bench_seeds & zoo_seeds
+    assert [len(s) for s in seeds.values()] == [300] * len(Namespace)
+    assert len(set().union(*seeds.values())) == 300 * len(Namespace)
+
+
+def test_validation_instances_read_what_benchmark_instances_read(digits_pools: Pools) -> None:
+    bench = DataAccess(digits_pools, Namespace.BENCH)
+    tune = DataAccess(digits_pools, Namespace.TUNE)
+    assert torch.equal(tune.tamper.images, bench.tamper.images)
+    assert torch.equal(tune.check.images, bench.check.images)
+    with pytest.raises(NamespaceViolation, match="source"):
+        tune.pool("source")
 
 
 def test_the_zoo_namespace_cannot_read_attacker_or_test_data(digits_pools: Pools) -> None:

@@ -10,9 +10,10 @@ backward passes through the target and in seconds, so methods are compared on eq
 
 from __future__ import annotations
 
+import hashlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, ClassVar
@@ -21,11 +22,39 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from misentry.data import ImageSet, to_pixels, to_unit
+from misentry.data import ImageSet, Pools, to_pixels, to_unit
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.fingerprint.stats import describe_samples
-from misentry.models import predict
+from misentry.models import Record, predict
 from misentry.models.record import json_ready
+
+
+class GenerationError(RuntimeError):
+    """A generator could not produce the fingerprints asked for (e.g. too few candidates
+    survived its checks); the message says what to change."""
+
+
+@dataclass
+class SearchContext:
+    """What a generator may read besides the target and the source images.
+
+    Attributes:
+        normal: natural images that define the normal output range (e.g. the ``test`` pool);
+            used for the per-sample statistics only.
+        pools: the owner's pools, for methods that build their own models or read the owner's
+            held-out ``val`` pool (MiSentry's zoo and entropy band). None: not available.
+        record: the target's record (dataset, architecture), for the same methods.
+        progress: ``progress(stage, done, total)``, called as long work advances.
+    """
+
+    normal: torch.Tensor | None = None
+    pools: Pools | None = None
+    record: Record | None = None
+    progress: Callable[[str, int, int], None] | None = None
+
+    def report(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(stage, done, total)
 
 
 @dataclass
@@ -65,6 +94,17 @@ def _count_backward(count: PassCount, grad: torch.Tensor) -> None:
     count.backward += int(grad.shape[0])
 
 
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 over the model's state (names, shapes, dtypes and bytes, in order): which
+    weights a bundle's expected labels came from."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        value = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype};".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
 def on_lattice(x: torch.Tensor) -> torch.Tensor:
     """Float images rounded to the nearest 8-bit values, as floats in [0, 1]."""
     return to_unit(to_pixels(x))
@@ -86,7 +126,12 @@ class Generator(ABC):
 
     @abstractmethod
     def _search(
-        self, target: nn.Module, sources: ImageSet, n: int, generator: torch.Generator
+        self,
+        target: nn.Module,
+        sources: ImageSet,
+        n: int,
+        generator: torch.Generator,
+        context: SearchContext,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Return ``n`` candidate images (float, [0, 1]), the index of each one's source in
         ``sources`` (-1 for none) and method-specific manifest entries."""
@@ -99,19 +144,32 @@ class Generator(ABC):
         seed: int,
         normal: torch.Tensor | None = None,
         manifest: dict[str, Any] | None = None,
+        context: SearchContext | None = None,
     ) -> FingerprintSet:
         """Generate ``n`` fingerprints for ``target`` from ``sources`` with ``seed``.
 
         ``normal`` (natural images, e.g. the ``test`` pool) defines the normal entropy range for
         the per-sample statistics; the sources stand in when it is not given. ``manifest``
-        entries (target id, dataset...) are recorded alongside the method's own.
+        entries (target id, dataset...) are recorded alongside the method's own. ``context``
+        gives methods that need them the owner's pools and the target's record, and a progress
+        callback.
         """
         if n < 1:
             raise ValueError("n must be at least 1")
         started = time.perf_counter()
         gen = torch.Generator().manual_seed(seed)
+        digest = weights_digest(target)
+        context = context or SearchContext(normal=normal)
+        known = {}
+        if context.record is not None:
+            known = {
+                "target_id": context.record.record_id,
+                "dataset": context.record.dataset,
+                "architecture": context.record.architecture,
+                "data_seed": context.record.data_seed,
+            }
         with count_passes(target) as passes:
-            candidates, source_index, extra = self._search(target, sources, n, gen)
+            candidates, source_index, extra = self._search(target, sources, n, gen, context)
         images = to_pixels(candidates)
         x = to_unit(images)
         labels = predict(target, x)
@@ -123,7 +181,9 @@ class Generator(ABC):
             labels=labels,
             source_indices=source_index.to(torch.int64),
             manifest={
+                **known,
                 **(manifest or {}),
+                "target_weights_sha256": digest,
                 "method": self.name,
                 "params": json_ready(asdict(self.params)),
                 "seed": seed,

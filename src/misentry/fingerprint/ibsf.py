@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from misentry.data import ImageSet
-from misentry.fingerprint.base import Generator
+from misentry.fingerprint.base import Generator, SearchContext
 from misentry.fingerprint.natural import draw_sources
 from misentry.models.pgd import pgd
 from misentry.models.train import evaluation
@@ -75,7 +75,12 @@ class Ibsf(Generator):
     params: IbsfParams
 
     def _search(
-        self, target: nn.Module, sources: ImageSet, n: int, generator: torch.Generator
+        self,
+        target: nn.Module,
+        sources: ImageSet,
+        n: int,
+        generator: torch.Generator,
+        context: SearchContext,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         p = self.params
         index = draw_sources(sources, n, generator)

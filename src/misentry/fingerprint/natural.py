@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from misentry.data import ImageSet
-from misentry.fingerprint.base import Generator
+from misentry.fingerprint.base import Generator, SearchContext
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,12 @@ class Natural(Generator):
     name = "natural"
 
     def _search(
-        self, target: nn.Module, sources: ImageSet, n: int, generator: torch.Generator
+        self,
+        target: nn.Module,
+        sources: ImageSet,
+        n: int,
+        generator: torch.Generator,
+        context: SearchContext,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         index = draw_sources(sources, n, generator)
         return sources.x[index], index, {}
@@ -59,7 +64,12 @@ class Noise(Generator):
     params: NoiseParams
 
     def _search(
-        self, target: nn.Module, sources: ImageSet, n: int, generator: torch.Generator
+        self,
+        target: nn.Module,
+        sources: ImageSet,
+        n: int,
+        generator: torch.Generator,
+        context: SearchContext,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         index = draw_sources(sources, n, generator)
         x = sources.x[index]

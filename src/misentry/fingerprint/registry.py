@@ -7,12 +7,15 @@ from typing import Any
 
 from misentry.fingerprint.base import Generator
 from misentry.fingerprint.ibsf import Ibsf, IbsfParams
+from misentry.fingerprint.misentry import Misentry
 from misentry.fingerprint.natural import Natural, NaturalParams, Noise, NoiseParams
 
 METHODS: dict[str, Callable[[], Generator]] = {
     "natural": lambda: Natural(NaturalParams()),
     "noise": lambda: Noise(NoiseParams()),
     "ibsf": lambda: Ibsf(IbsfParams()),
+    "misentry": lambda: Misentry.profile("strict"),
+    "misentry-covert": lambda: Misentry.profile("covert"),
 }
 """Method name -> a generator with its default parameters."""
 
@@ -25,4 +28,6 @@ def get_method(name: str, **params: Any) -> Generator:
         raise KeyError(f"unknown method {name!r}; methods: {', '.join(METHODS)}") from None
     if not params:
         return default
+    if isinstance(default, Misentry):  # a profile's values stay unless overridden
+        return Misentry.profile("covert" if name.endswith("covert") else "strict", **params)
     return type(default)(type(default.params)(**params))

@@ -6,7 +6,8 @@ fingerprint generator never saw. Both sides build models with the same recipes, 
 lives here, in the API, rather than in a convention:
 
 * every instance seed is derived from ``(namespace, variant, index, attempt)``, so the two
-  namespaces never share a seed;
+  namespaces never share a seed (``tune`` holds validation instances: the benchmark's data
+  roles under seeds of their own, for tuning generators);
 * a recipe reads its data through :class:`DataAccess`, by *role*, and each namespace maps roles
   to pools. The ``bench`` namespace (instances the benchmark evaluates) trains on ``attacker``;
   the ``zoo`` namespace (what a generator may build) trains on the owner's held-out ``val`` pool
@@ -27,6 +28,9 @@ class Namespace(StrEnum):
     """Benchmark instances: attacker data, benchmark seeds."""
     ZOO = "zoo"
     """The fingerprint generator's own model zoo: owner data only, zoo seeds."""
+    TUNE = "tune"
+    """Validation instances for tuning a generator's hyperparameters: the benchmark's data
+    roles, but seeds of their own, so a reported table never uses an instance tuning saw."""
 
 
 class Role(StrEnum):
@@ -50,6 +54,14 @@ class NamespacePolicy:
 
 POLICIES: dict[Namespace, NamespacePolicy] = {
     Namespace.BENCH: NamespacePolicy(
+        roles={
+            Role.TAMPER: ("attacker",),
+            Role.CHECK: ("test",),
+            Role.OWNER_TRAIN: ("owner_train",),
+        },
+        forbidden=("source",),
+    ),
+    Namespace.TUNE: NamespacePolicy(
         roles={
             Role.TAMPER: ("attacker",),
             Role.CHECK: ("test",),

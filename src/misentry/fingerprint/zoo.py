@@ -1,0 +1,165 @@
+"""The representative model zoo of MiSentry: subtly tampered copies of the target, built by the
+fingerprint generator itself from the owner's data.
+
+The zoo uses the BIVBench recipes of :mod:`misentry.tamper.families.finetune` (fine-tune the
+last layer, fine-tune all layers, retrain the last layer), run in the ``zoo`` namespace: seeds
+derived from that namespace only, and data from the owner's held-out ``val`` pool only, which the
+target never trained on. The namespace refuses any read of ``attacker`` or ``test``, so no zoo
+model can share a seed or an image with an instance the benchmark evaluates.
+
+**Update sizes.** A zoo fine-tuned on data the target already fits moves far less than a real
+update on fresh data (about 15 times on mnist5k), so ``val`` (fresh to the target) is the
+training data, and each fine-tuning member runs ``epochs`` passes so that its step count matches
+one pass over a tamperer's pool four times the size of ``val`` (the benchmark's ``attacker``
+pool is 20 % of a dataset, ``val`` 5 %). :func:`update_size` reports the relative weight change
+of every member so the calibration can be checked against real instances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from misentry.data import Pools, get_dataset
+from misentry.models import Record
+from misentry.models.target import input_spec
+from misentry.tamper.base import TamperContext, Tampering
+from misentry.tamper.families.finetune import (
+    FineTuning,
+    FineTuningParams,
+    Layers,
+    Retraining,
+    RetrainingParams,
+)
+from misentry.tamper.namespace import DataAccess, Namespace, instance_seed
+
+ZOO_KINDS = ("ft_last", "ft_all", "retrain_last", "retrain_all")
+
+
+@dataclass(frozen=True)
+class ZooMember:
+    """One kind of zoo model: a recipe, its learning rate and its epochs over ``val``.
+
+    Written as a string ``kind[:lr][xEPOCHS]``, e.g. ``ft_last:1e-4x4`` or ``retrain_last``.
+    """
+
+    kind: str
+    lr: float | None = None
+    epochs: int = 4
+
+    def __post_init__(self) -> None:
+        if self.kind not in ZOO_KINDS:
+            raise ValueError(f"zoo member kind {self.kind!r}: expected one of {ZOO_KINDS}")
+        if (self.lr is not None and self.lr <= 0) or self.epochs < 1:
+            raise ValueError(f"zoo member {self}: lr must be positive and epochs >= 1")
+
+    @classmethod
+    def parse(cls, text: str) -> ZooMember:
+        """``ft_last:1e-4x4`` -> ZooMember("ft_last", 1e-4, 4); lr and epochs are optional."""
+        kind, _, rest = text.strip().partition(":")
+        lr_text, _, epochs_text = rest.partition("x")
+        try:
+            lr = float(lr_text) if lr_text else None
+            epochs = int(epochs_text) if epochs_text else 4
+        except ValueError:
+            raise ValueError(f"zoo member {text!r}: expected kind[:lr][xEPOCHS]") from None
+        return cls(kind, lr, epochs)
+
+    def __str__(self) -> str:
+        lr = "" if self.lr is None else f":{self.lr:g}"
+        return f"{self.kind}{lr}x{self.epochs}"
+
+    def tampering(self) -> Tampering:
+        layers: Layers = "last" if self.kind.endswith("last") else "all"
+        if self.kind.startswith("ft"):
+            return FineTuning(
+                FineTuningParams(layers=layers, lr=self.lr or 1e-4, epochs=self.epochs)
+            )
+        return Retraining(RetrainingParams(layers=layers, lr=self.lr or 1e-3))
+
+
+@dataclass
+class ZooModel:
+    """A built zoo model: which member and replicate it is, the model, and its update size."""
+
+    name: str
+    model: nn.Module
+    relative_update: float
+    seconds: float
+
+
+def update_size(target: nn.Module, model: nn.Module) -> float:
+    """``||theta_model - theta_target|| / ||theta_target||`` over all parameters."""
+    diff = total = 0.0
+    for a, b in zip(target.parameters(), model.parameters(), strict=True):
+        diff += float((b.detach() - a.detach()).pow(2).sum())
+        total += float(a.detach().pow(2).sum())
+    return float((diff / max(total, 1e-30)) ** 0.5)
+
+
+def build_zoo(
+    target: nn.Module,
+    record: Record,
+    pools: Pools,
+    members: Iterable[ZooMember],
+    replicates: int,
+    first_replicate: int = 0,
+    on_model: Callable[[ZooModel], None] | None = None,
+) -> list[ZooModel]:
+    """``replicates`` models of every member, in the ``zoo`` namespace.
+
+    Replicate ``r`` of member ``m`` gets the seed ``instance_seed(zoo, str(m), r)``; disjoint
+    ranges of ``first_replicate`` give disjoint zoos (MiSentry keeps one for meta-learning and
+    one, held out, for screening).
+    """
+    import time
+
+    data = DataAccess(pools, Namespace.ZOO)
+    dataset = get_dataset(record.dataset)
+    spec = input_spec(record.dataset)
+    zoo: list[ZooModel] = []
+    for member in members:
+        tampering = member.tampering()
+        for replicate in range(first_replicate, first_replicate + replicates):
+            started = time.perf_counter()
+            ctx = TamperContext(
+                target=target,
+                target_record=record,
+                data=data,
+                seed=instance_seed(Namespace.ZOO, str(member), replicate),
+                dataset=dataset,
+                spec=spec,
+                index=replicate,
+            )
+            model = tampering.build(ctx).model.eval()
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+            built = ZooModel(
+                f"{member}#{replicate}",
+                model,
+                update_size(target, model),
+                time.perf_counter() - started,
+            )
+            zoo.append(built)
+            if on_model is not None:
+                on_model(built)
+    return zoo
+
+
+def zoo_summary(zoo: list[ZooModel]) -> list[dict[str, Any]]:
+    """Manifest entries: each zoo model's name, relative update size and build time."""
+    return [
+        {"name": m.name, "relative_update": m.relative_update, "seconds": round(m.seconds, 3)}
+        for m in zoo
+    ]
+
+
+def zoo_logit_changes(target: nn.Module, zoo: list[ZooModel], x: torch.Tensor) -> torch.Tensor:
+    """Logit changes ``F_r(x) - F_p(x)`` of every zoo model, shape (R, N, classes)."""
+    with torch.no_grad():
+        base = target(x)
+        return torch.stack([m.model(x) - base for m in zoo])
