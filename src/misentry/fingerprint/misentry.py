@@ -39,7 +39,7 @@ from misentry.fingerprint.base import (
 from misentry.fingerprint.stats import entropy
 from misentry.fingerprint.zoo import ZooMember, ZooModel, build_zoo, zoo_summary
 from misentry.models import logits
-from misentry.models.pgd import random_delta
+from misentry.models.pgd import project_ball, random_delta
 from misentry.models.train import evaluation
 
 Norm = Literal["linf", "l2"]
@@ -476,7 +476,7 @@ class Misentry(Generator):
         return (picked[:, :, :1] - picked[:, :, 1:]).mean(2).mean(0)
 
     def _project(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        return _project(x, x0, self.params.eps, self.params.norm)
+        return project_ball(x, x0, self.params.eps, self.params.norm)
 
     def _choose(
         self, target: nn.Module, zoo: list[ZooModel], scales: torch.Tensor, x: torch.Tensor
@@ -754,7 +754,7 @@ def _candidates(
     x0 = sources.x[index]
     first = torch.arange(count) < len(sources)
     noise = random_delta(x0, p.eps, p.norm, generator)
-    starts = torch.where(first.view(-1, 1, 1, 1), x0, _project(x0 + noise, x0, p.eps, p.norm))
+    starts = torch.where(first.view(-1, 1, 1, 1), x0, project_ball(x0 + noise, x0, p.eps, p.norm))
     return index, starts
 
 
@@ -791,16 +791,6 @@ def _fits(trials: torch.Tensor, start: torch.Tensor, p: MisentryParams) -> torch
         inside: torch.Tensor = (trials - start.unsqueeze(1)).norm(dim=2) <= p.eps * 255 + 1e-6
         return inside
     return torch.ones(trials.shape[:2], dtype=torch.bool)
-
-
-def _project(x: torch.Tensor, x0: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
-    delta = x - x0
-    if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        size = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-        delta = delta * (eps / size).clamp(max=1.0).view(-1, 1, 1, 1)
-    return (x0 + delta).clamp(0, 1).detach()
 
 
 def _unit(grad: torch.Tensor) -> torch.Tensor:

@@ -82,25 +82,13 @@ def pgd(
         )
     if norm not in ("linf", "l2"):
         raise ValueError(f"pgd: norm must be 'linf' or 'l2'; got {norm!r}")
-    lo, hi = bounds
     x0 = x0.detach()
     n = x0.shape[0]
     keep = None if mask is None else (mask.to(x0) != 0).expand_as(x0)
     scale = None if mask is None else mask.to(x0).expand_as(x0)
 
     def project(x: torch.Tensor) -> torch.Tensor:
-        delta = x - x0
-        if math.isfinite(eps):
-            if norm == "linf":
-                delta = delta.clamp(-eps, eps)
-            else:
-                size = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-                delta = delta * (eps / size).clamp(max=1.0).view(-1, *([1] * (x0.dim() - 1)))
-        if keep is not None:
-            delta = torch.where(keep, delta, torch.zeros_like(delta))
-        # Clipping each pixel to the box moves it towards x0 (x0 is inside), so the result stays
-        # in the ball as well.
-        return (x0 + delta).clamp(lo, hi)
+        return project_ball(x, x0, eps, norm, bounds, keep)
 
     x = x0.clone()
     if random_start:
@@ -145,6 +133,30 @@ def pgd(
             remember(x, objective(x))
         return best_x
     return x.detach()
+
+
+def project_ball(
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    eps: float,
+    norm: Literal["linf", "l2"],
+    bounds: tuple[float, float] = (0.0, 1.0),
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x`` projected onto the ``eps`` ball around ``x0`` (L-inf or L2; ``math.inf``: no ball)
+    and clipped to ``bounds``; pixels where ``keep`` is False stay at ``x0``. Detached."""
+    delta = x.detach() - x0
+    if math.isfinite(eps):
+        if norm == "linf":
+            delta = delta.clamp(-eps, eps)
+        else:
+            size = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+            delta = delta * (eps / size).clamp(max=1.0).view(-1, *([1] * (x0.dim() - 1)))
+    if keep is not None:
+        delta = torch.where(keep, delta, torch.zeros_like(delta))
+    # Clipping each pixel to the box moves it towards x0 (x0 is inside), so the result stays in
+    # the ball as well.
+    return (x0 + delta).clamp(*bounds)
 
 
 def random_delta(
