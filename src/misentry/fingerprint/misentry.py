@@ -47,7 +47,7 @@ Distinguish = Literal["margin", "kl"]
 
 PROFILES: dict[str, dict[str, Any]] = {
     "strict": {"covertness": 0.0, "tie_classes": 3},
-    "covert": {"covertness": 1.0, "tie_classes": 2},
+    "covert": {"covertness": 1.0, "tie_classes": 3},
 }
 """The two named profiles: parameter overrides of :class:`MisentryParams`."""
 
@@ -191,7 +191,7 @@ class _Window:
         out: dict[str, Any] = {
             "lo": self.lo.tolist(),
             "hi": self.hi.tolist(),
-            "growth": self.growth.tolist(),
+            "growth": [g if math.isfinite(g) else None for g in self.growth.tolist()],
         }
         if self.entropy_band is not None and self.confidence_band is not None:
             out["entropy_band"] = self.entropy_band.tolist()
@@ -235,9 +235,11 @@ class Misentry(Generator):
 
     ``covert`` (1, the paper's setting) keeps each fingerprint's margin, entropy and
     confidence inside the [10th, 90th] percentile band of normal samples of its label (the
-    owner's ``val`` pool) and maximizes the zoo's change within it; such fingerprints look like
-    normal queries and, as measured, catch only the larger tamperings. Values in between
-    interpolate the window on a log scale.
+    owner's ``val`` pool) and maximizes the zoo's change within it, preferring, among the
+    candidates in the band, those whose top three logits are closest (``tie_classes`` = 3
+    measured better than 2 on the validation instances: mean DR@5 0.295 against 0.272); such
+    fingerprints look like normal queries and, as measured, catch only the larger tamperings.
+    Values in between interpolate the window on a log scale.
 
     Constraints: ``||x - x0||_p <= eps`` (L-inf 32/255 by default, or L2), pixels in [0, 1],
     8-bit lattice; the target's label is the fingerprint's expected label.
@@ -379,6 +381,8 @@ class Misentry(Generator):
         hi = math.log(p.ceiling) * (1 - c) + bands["margin"][:, 1].clamp_min(p.ceiling).log() * c
         k = min(p.tie_classes, int(bands["margin"].shape[0]))
         growth = p.tie_growth ** torch.arange(k - 1, dtype=torch.float32)
+        if c >= 1.0:  # covert: the band bounds the top-1 margin; farther tied classes only rank
+            growth[1:] = math.inf
         window = _Window(lo.exp().float(), hi.exp().float(), growth)
         if c >= 1.0:
             window.entropy_band = bands["entropy"]
@@ -769,7 +773,8 @@ def _newton_moves(
     """The least-norm pixel change that brings every tied gap to ``aim``, at each of
     ``NEWTON_SCALES``, rounded to whole pixel steps and clipped to the L-inf box: (rows, S, D)."""
     gram = jac @ jac.transpose(1, 2) / 255**2 + 1e-12 * torch.eye(jac.shape[1])
-    solve = torch.linalg.solve(gram, (aim.expand_as(gaps) - gaps).unsqueeze(2))
+    target_gaps = torch.where(aim.isfinite(), aim, gaps).expand_as(gaps)
+    solve = torch.linalg.solve(gram, (target_gaps - gaps).unsqueeze(2))
     newton = (jac.transpose(1, 2) @ solve).squeeze(2) / 255  # in pixel steps
     lower, upper = torch.zeros_like(start), torch.full_like(start, 255.0)
     if p.norm == "linf":
