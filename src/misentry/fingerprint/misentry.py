@@ -47,7 +47,7 @@ Distinguish = Literal["margin", "kl"]
 
 PROFILES: dict[str, dict[str, Any]] = {
     "strict": {"covertness": 0.0, "tie_classes": 3},
-    "covert": {"covertness": 1.0, "tie_classes": 3},
+    "covert": {"covertness": 1.0, "tie_classes": 5},
 }
 """The two named profiles: parameter overrides of :class:`MisentryParams`."""
 
@@ -236,9 +236,10 @@ class Misentry(Generator):
     ``covert`` (1, the paper's setting) keeps each fingerprint's margin, entropy and
     confidence inside the [10th, 90th] percentile band of normal samples of its label (the
     owner's ``val`` pool) and maximizes the zoo's change within it, preferring, among the
-    candidates in the band, those whose top three logits are closest (``tie_classes`` = 3
-    measured better than 2 on the validation instances: mean DR@5 0.295 against 0.272); such
-    fingerprints look like normal queries and, as measured, catch only the larger tamperings.
+    candidates in the band, those whose top five logits are closest (on the validation
+    instances ``tie_classes`` 2, 3, 5 and 10 gave a mean DR@5 of 0.272, 0.269, 0.334 and
+    0.323); such fingerprints look like normal queries and, as measured, catch only the larger
+    tamperings.
     Values in between interpolate the window on a log scale.
 
     Constraints: ``||x - x0||_p <= eps`` (L-inf 32/255 by default, or L2), pixels in [0, 1],

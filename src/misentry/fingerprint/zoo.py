@@ -8,11 +8,11 @@ target never trained on. The namespace refuses any read of ``attacker`` or ``tes
 model can share a seed or an image with an instance the benchmark evaluates.
 
 **Update sizes.** A zoo fine-tuned on data the target already fits moves far less than a real
-update on fresh data (about 15 times on mnist5k), so ``val`` (fresh to the target) is the
-training data, and each fine-tuning member runs ``epochs`` passes so that its step count matches
-one pass over a tamperer's pool four times the size of ``val`` (the benchmark's ``attacker``
-pool is 20 % of a dataset, ``val`` 5 %). :func:`update_size` reports the relative weight change
-of every member so the calibration can be checked against real instances.
+update on fresh data, so ``val`` (fresh to the target) is the training data, and each
+fine-tuning member runs ``epochs`` passes so that its step count matches one pass over a
+tamperer's pool four times the size of ``val`` (the benchmark's ``attacker`` pool is 20 % of a
+dataset, ``val`` 5 %). :func:`update_size` reports the relative weight change of every member
+so the calibration can be checked against real instances.
 """
 
 from __future__ import annotations
