@@ -103,7 +103,7 @@ class MisentryParams:
         (False: by the tightest tie only).
     class_floor: every class gets at least this share of its fair count (n / classes) of
         fingerprint labels, as far as the candidates allow (0: no floor, 1: fully balanced).
-    pool_factor: candidates per fingerprint when screening.
+    pool_factor: candidates per fingerprint when screening (at most two per source image).
     refine_rounds: single-pixel refinement rounds after rounding.
     refine_moves: single-pixel moves checked exactly per round and sample (group moves of
         2 to 128 pixels along the cost's slope are checked too).
@@ -161,6 +161,8 @@ class MisentryParams:
             problems.append("pool_factor, refine_moves >= 1 and refine_rounds >= 0")
         if self.zoo and (self.zoo_replicates < 1 or self.screening_replicates < 0):
             problems.append("zoo_replicates >= 1 and screening_replicates >= 0")
+        if not self.band and not self.zoo:
+            problems.append("band=False needs a zoo (nothing else moves the samples)")
         if self.meta_learning and self.zoo and self.zoo_replicates * len(self.zoo) < 2:
             problems.append("meta-learning needs at least 2 zoo models")
         if problems:
@@ -443,21 +445,16 @@ class Misentry(Generator):
             label = top[:, 0]
             lo, hi = window.lo[label].unsqueeze(1), window.upper(label)
             violation = (F.relu(gaps - hi) + BELOW_FLOOR_WEIGHT * F.relu(lo - gaps)).sum(1)
-            terms = []
+            terms: list[tuple[float, torch.Tensor]] = []
             if p.band:
-                terms.append(violation.sum())
+                terms.append((1.0, violation.sum()))
             if zoo:
-                terms.append(self._distinguish(z, zoo, scales, xg, top).sum())
-            grads = (
-                torch.autograd.grad(terms, xg, allow_unused=True)
-                if len(terms) == 1
-                else [torch.autograd.grad(term, xg, retain_graph=True)[0] for term in terms]
-            )
-        total = torch.zeros_like(x)
-        weights = ([1.0] if p.band else []) + ([p.balance] if zoo else [])
-        for weight, grad in zip(weights, grads, strict=True):
-            if grad is not None:
-                total = total + weight * _unit(grad)
+                terms.append((p.balance, self._distinguish(z, zoo, scales, xg, top).sum()))
+            total = torch.zeros_like(x)
+            for weight, term in terms:
+                (grad,) = torch.autograd.grad(term, xg, retain_graph=True, allow_unused=True)
+                if grad is not None:
+                    total = total + weight * _unit(grad)
         return total
 
     def _distinguish(
@@ -541,7 +538,10 @@ class Misentry(Generator):
         window: _Window,
         context: SearchContext,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Round to 8 bits, then greedy single-pixel moves into the margin window."""
+        """Round to 8 bits, then greedy moves into the margin window: each round, the single-pixel
+        moves with the best linear prediction and group moves of 2 to 128 pixels along the
+        cost's slope (and, with ``newton_moves``, least-norm moves) are checked exactly, and
+        the best improving one is kept."""
         p = self.params
         base = (x0 * 255).round()
         pixels = base + ((x - x0) * 255).round()
