@@ -552,6 +552,9 @@ methods:
   noise            source images plus uniform noise (--eps, default 8/255)
   ibsf             IBSF (Bai et al., ICML 2024): points where k decision boundaries
                    intersect, within an L2 ball around the source (--eps, default 1.0)
+  ssf              SSF (He et al., CVPR 2019): samples whose output is most sensitive to the
+                   output layer's weights, within an L-inf ball (--eps, default 8/255), chosen
+                   to cover the most active neurons (MANC)
   misentry         MiSentry: PGD against a zoo of tampered copies with meta-learning, then
                    8-bit refinement and screening; the strict profile unless --profile covert
   misentry-covert  MiSentry with the covert profile (= --method misentry --profile covert)
@@ -591,7 +594,7 @@ def _add_fingerprint(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
     fp.add_argument(
         "--method",
         required=True,
-        help="natural, noise, ibsf, misentry or misentry-covert (see above)",
+        help="natural, noise, ibsf, ssf, misentry or misentry-covert (see above)",
     )
     fp.add_argument(
         "--profile",

@@ -34,6 +34,7 @@ from misentry.models import (
 
 CHEAP: dict[str, tuple[str, ...]] = {
     "ibsf": ("--set", "steps=20"),
+    "ssf": ("--set", "steps=20"),
     "misentry": (
         "--set",
         "steps=4",

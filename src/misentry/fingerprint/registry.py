@@ -9,11 +9,13 @@ from misentry.fingerprint.base import Generator
 from misentry.fingerprint.ibsf import Ibsf, IbsfParams
 from misentry.fingerprint.misentry import Misentry
 from misentry.fingerprint.natural import Natural, NaturalParams, Noise, NoiseParams
+from misentry.fingerprint.ssf import Ssf, SsfParams
 
 METHODS: dict[str, Callable[[], Generator]] = {
     "natural": lambda: Natural(NaturalParams()),
     "noise": lambda: Noise(NoiseParams()),
     "ibsf": lambda: Ibsf(IbsfParams()),
+    "ssf": lambda: Ssf(SsfParams()),
     "misentry": lambda: Misentry.profile("strict"),
     "misentry-covert": lambda: Misentry.profile("covert"),
 }
