@@ -11,23 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from misentry.data import ImageSet, get_dataset
+from misentry.data import ImageSet
 from misentry.fingerprint.base import Generator, SearchContext, count_passes, on_lattice
 from misentry.fingerprint.bundle import load_bundle, save_bundle
-from misentry.models import TargetConfig, TrainConfig, model_from_record, predict, train_target
-
-
-@pytest.fixture(scope="module")
-def target() -> nn.Module:
-    record = train_target(
-        TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16))
-    )
-    return model_from_record(record)
-
-
-@pytest.fixture(scope="module")
-def sources() -> ImageSet:
-    return get_dataset("digits").pools(0)["source"]
+from misentry.models import predict
 
 
 @dataclass(frozen=True)

@@ -8,23 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from misentry.data import ImageSet, get_dataset
+from misentry.data import ImageSet
 from misentry.fingerprint.ibsf import partial_entropy, partial_entropy_max
 from misentry.fingerprint.registry import get_method
-from misentry.models import TargetConfig, TrainConfig, logits, model_from_record, train_target
-
-
-@pytest.fixture(scope="module")
-def target() -> nn.Module:
-    record = train_target(
-        TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16))
-    )
-    return model_from_record(record)
-
-
-@pytest.fixture(scope="module")
-def sources() -> ImageSet:
-    return get_dataset("digits").pools(0)["source"]
+from misentry.models import logits
 
 
 def test_partial_entropy_peaks_at_log_k_where_k_classes_tie() -> None:

@@ -11,28 +11,8 @@ from misentry.fingerprint.base import SearchContext
 from misentry.fingerprint.registry import METHODS, get_method
 from misentry.models import (
     Record,
-    TargetConfig,
-    TrainConfig,
-    model_from_record,
     predict,
-    train_target,
 )
-
-
-@pytest.fixture(scope="module")
-def record() -> Record:
-    return train_target(TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16)))
-
-
-@pytest.fixture(scope="module")
-def target(record: Record) -> nn.Module:
-    return model_from_record(record)
-
-
-@pytest.fixture(scope="module")
-def sources() -> ImageSet:
-    return get_dataset("digits").pools(0)["source"]
-
 
 CHEAP = {"steps": 5, "refine_rounds": 10, "zoo": ("ft_last:1e-4x1",), "pool_factor": 2}
 """Cheap settings for the methods that build a zoo (their own tests check quality)."""

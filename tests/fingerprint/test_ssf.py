@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from misentry.data import ImageSet, get_dataset, to_pixels, to_unit
+from misentry.data import ImageSet, to_pixels, to_unit
 from misentry.fingerprint.registry import get_method
 from misentry.fingerprint.ssf import (
     SsfParams,
@@ -17,27 +17,10 @@ from misentry.fingerprint.ssf import (
     manc,
 )
 from misentry.models import (
-    TargetConfig,
-    TrainConfig,
     last_linear,
-    model_from_record,
     predict,
-    train_target,
 )
 from misentry.models.train import evaluation
-
-
-@pytest.fixture(scope="module")
-def target() -> nn.Module:
-    record = train_target(
-        TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16))
-    )
-    return model_from_record(record)
-
-
-@pytest.fixture(scope="module")
-def sources() -> ImageSet:
-    return get_dataset("digits").pools(0)["source"]
 
 
 def autograd_sensitivity(model: nn.Module, x: torch.Tensor, params: list[nn.Parameter]) -> float:
