@@ -153,3 +153,20 @@ def test_keep_best_returns_the_lowest_loss_iterate() -> None:
     best = pgd(objective, x0, eps=1.0, steps=3, step_size=0.03, keep_best=True)
     assert torch.allclose(last.flatten(1).mean(1), torch.full((3,), 0.03), atol=1e-6)
     assert torch.allclose(best.flatten(1).mean(1), torch.full((3,), 0.06), atol=1e-6)
+
+
+def test_on_step_reports_every_step_and_stops_with_early_stop(x0: torch.Tensor) -> None:
+    seen: list[tuple[int, int]] = []
+    pgd(toward(x0), x0, eps=0.1, steps=4, step_size=0.01, on_step=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    seen.clear()
+    pgd(
+        toward(torch.ones_like(x0)),
+        x0,
+        eps=math.inf,
+        steps=50,
+        step_size=0.01,
+        early_stop=lambda x: torch.ones(x.shape[0], dtype=torch.bool),
+        on_step=lambda d, t: seen.append((d, t)),
+    )
+    assert seen == []  # every input was done before the first step

@@ -37,7 +37,7 @@ def test_ibsf_raises_partial_entropy_within_its_l2_bound(
     start = partial_entropy(logits(target, sources.x[fps.source_indices]), k)
     reached = partial_entropy(logits(target, fps.x), k)
     assert float(reached.mean()) > 2 * float(start.mean())
-    assert float(reached.mean()) >= 0.5 * partial_entropy_max(k)
+    assert float(reached.mean()) >= 0.9 * partial_entropy_max(k)  # close to the maximum
     assert fps.manifest["partial_entropy_max"] == pytest.approx(partial_entropy_max(k))
     # within the L2 ball, up to the 8-bit rounding of each pixel
     dims = fps.x[0].numel()

@@ -115,6 +115,9 @@ class Generator(ABC):
 
     name: ClassVar[str]
     params: Any
+    distinct_sources: ClassVar[bool] = True
+    """Whether every fingerprint comes from a different source image (PublicCheck's pair
+    members and their jitters share one)."""
 
     def __init__(self, params: Any) -> None:
         if not is_dataclass(params) or isinstance(params, type):
@@ -170,12 +173,14 @@ class Generator(ABC):
             }
         with count_passes(target) as passes:
             candidates, source_index, extra = self._search(target, sources, n, gen, context)
+        context.report("statistics", 0, 1)
         images = to_pixels(candidates)
         x = to_unit(images)
         labels = predict(target, x)
         has_source = source_index >= 0
         matched = sources.x[source_index.clamp_min(0)] if bool(has_source.all()) else None
         samples = describe_samples(target, x, matched, sources.x if normal is None else normal)
+        context.report("statistics", 1, 1)
         return FingerprintSet(
             images=images,
             labels=labels,

@@ -93,6 +93,7 @@ class Ibsf(Generator):
                 step_size=p.step_size,
                 norm="l2",
                 keep_best=True,
+                on_step=lambda done, total: context.report("ibsf", done, total),
             )
             with torch.no_grad():
                 reached = partial_entropy(target(moved), p.k)

@@ -32,6 +32,7 @@ def pgd(
     bounds: tuple[float, float] = (0.0, 1.0),
     early_stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
     keep_best: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     r"""Projected gradient descent on the inputs ``x0`` (Madry et al., 2018).
 
@@ -65,6 +66,7 @@ def pgd(
             without gradients; done inputs stop moving and the loop ends when all are done.
         keep_best: return, for each input, the iterate with the lowest loss seen (the final one
             included) instead of the last iterate.
+        on_step: ``on_step(done, steps)``, called after each step (for progress bars).
 
     Shape:
         - x0: (N, C, H, W) or any (N, ...), float.
@@ -102,7 +104,7 @@ def pgd(
         best_loss[better] = losses.detach()[better]
         best_x[better] = x.detach()[better]
 
-    for _ in range(steps):
+    for step_index in range(steps):
         if early_stop is not None:
             with torch.no_grad():
                 done = early_stop(x).to(torch.bool).view(-1)
@@ -128,6 +130,8 @@ def pgd(
             step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
         step = step * active.to(x0.dtype).view(view)
         x = project(x.detach() - step_size * step)
+        if on_step is not None:
+            on_step(step_index + 1, steps)
     if keep_best:
         with torch.no_grad():
             remember(x, objective(x))
