@@ -545,7 +545,8 @@ variable) the bundle is signed with HMAC-SHA256, and a changed bundle is refused
 A verifier later sends the images to the deployed model and compares its top-1 labels.
 
 Fingerprints start from the target's `source` pool (see `misentry data show`); MiSentry also
-builds a zoo of subtly tampered copies of the target from the owner's held-out `val` pool.
+builds a zoo of subtly tampered copies of the target from the owner's held-out `val` pool;
+PublicCheck and SSF-BO train a small autoencoder on the owner's `owner_train` pool.
 
 methods:
   natural          unmodified source images: the floor every method must beat
@@ -555,6 +556,12 @@ methods:
   ssf              SSF (He et al., CVPR 2019): samples whose output is most sensitive to the
                    output layer's weights, within an L-inf ball (--eps, default 8/255), chosen
                    to cover the most active neurons (MANC)
+  publiccheck      PublicCheck (Wang et al., S&P 2023): pairs of images just either side of a
+                   decision boundary, found along latent paths of an autoencoder between
+                   sources of different labels, with top-1 label queries only (no gradients)
+  ssf_bo           SSF-BO (Kuttichira et al., KBS 2022): the SSF sensitivity maximized over
+                   the autoencoder's latent space by Gaussian-process Bayesian optimization,
+                   starting from the source's code; 1-channel datasets only
   misentry         MiSentry: PGD against a zoo of tampered copies with meta-learning, then
                    8-bit refinement and screening; the strict profile unless --profile covert
   misentry-covert  MiSentry with the covert profile (= --method misentry --profile covert)
@@ -594,7 +601,7 @@ def _add_fingerprint(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
     fp.add_argument(
         "--method",
         required=True,
-        help="natural, noise, ibsf, ssf, misentry or misentry-covert (see above)",
+        help="the method: one of those listed above",
     )
     fp.add_argument(
         "--profile",

@@ -35,6 +35,8 @@ from misentry.models import (
 CHEAP: dict[str, tuple[str, ...]] = {
     "ibsf": ("--set", "steps=20"),
     "ssf": ("--set", "steps=20"),
+    "publiccheck": ("--set", "ae_epochs=20"),
+    "ssf_bo": ("--set", "ae_epochs=5", "--set", "iterations=5", "--set", "candidates=64"),
     "misentry": (
         "--set",
         "steps=4",

@@ -9,13 +9,17 @@ from misentry.fingerprint.base import Generator
 from misentry.fingerprint.ibsf import Ibsf, IbsfParams
 from misentry.fingerprint.misentry import Misentry
 from misentry.fingerprint.natural import Natural, NaturalParams, Noise, NoiseParams
+from misentry.fingerprint.publiccheck import PublicCheck, PublicCheckParams
 from misentry.fingerprint.ssf import Ssf, SsfParams
+from misentry.fingerprint.ssf_bo import SsfBo, SsfBoParams
 
 METHODS: dict[str, Callable[[], Generator]] = {
     "natural": lambda: Natural(NaturalParams()),
     "noise": lambda: Noise(NoiseParams()),
     "ibsf": lambda: Ibsf(IbsfParams()),
     "ssf": lambda: Ssf(SsfParams()),
+    "publiccheck": lambda: PublicCheck(PublicCheckParams()),
+    "ssf_bo": lambda: SsfBo(SsfBoParams()),
     "misentry": lambda: Misentry.profile("strict"),
     "misentry-covert": lambda: Misentry.profile("covert"),
 }
