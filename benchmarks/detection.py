@@ -105,10 +105,13 @@ def main() -> None:
     for method in args.method:
         started = time.perf_counter()
         fps = generate(args, method, sets.get(method, {}))
-        bundles[method] = fps
         print(
             f"generated {method}: {len(fps)} fingerprints in {time.perf_counter() - started:.1f} s"
         )
+        if len(fps) == 0:
+            print(f"left out {method}: none of its fingerprints lies inside the band")
+            continue
+        bundles[method] = fps
         if args.save is not None:
             save_bundle(fps, args.save / method)
     d: dict[str, dict[str, list[int]]] = {name: defaultdict(list) for name in bundles}
@@ -138,6 +141,10 @@ def report(
         for name in names:
             n = len(bundles[name])
             for ns in args.ns:
+                if ns > n:  # fewer fingerprints than a check draws: no such check exists
+                    cells.append("n/a")
+                    rows.setdefault(name, {}).setdefault(variant, {})[f"ns{ns}"] = None
+                    continue
                 rate = detection_rate(d[name][variant], n, ns)
                 cells.append(f"{rate.mean:.3f}")
                 rows.setdefault(name, {}).setdefault(variant, {})[f"ns{ns}"] = {
@@ -161,7 +168,9 @@ def report(
         non_identity = [v for v in variants if v != "identity"]
         if non_identity:
             worst = {
-                ns: min(rows[name][v][f"ns{ns}"]["mean"] for v in non_identity) for ns in args.ns
+                ns: min(rows[name][v][f"ns{ns}"]["mean"] for v in non_identity)
+                for ns in args.ns
+                if ns <= len(bundles[name])
             }
             print(
                 f"{name}: worst variant " + ", ".join(f"DR@{k} {v:.3f}" for k, v in worst.items())
