@@ -33,6 +33,21 @@ def test_every_method_gives_n_lattice_images_with_the_targets_labels(
     if generator.distinct_sources:
         assert len(set(used)) == 40
     assert fps.manifest["method"] == name.removesuffix("-covert")
+    # on the 8-bit lattice, in [0, 1], and within the method's bound up to the rounding
+    assert torch.equal(fps.x * 255, (fps.x * 255).round())
+    assert float(fps.x.min()) >= 0.0
+    assert float(fps.x.max()) <= 1.0
+    bound = generator.distance_bound()
+    recorded = fps.manifest["distance_bound"]
+    assert recorded == (None if bound is None else {"norm": bound[0], "eps": bound[1]})
+    if bound is not None:
+        norm, eps = bound
+        diff = (fps.x - pools["source"].x[fps.source_indices]).flatten(1)
+        if norm == "linf":
+            assert float(diff.abs().max()) <= eps + 0.5 / 255 + 1e-6
+        else:
+            slack = 0.5 / 255 * diff.shape[1] ** 0.5
+            assert float(diff.norm(dim=1).max()) <= eps + slack
 
 
 def test_natural_fingerprints_are_the_sources(target: nn.Module, sources: ImageSet) -> None:

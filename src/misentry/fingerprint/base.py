@@ -127,6 +127,12 @@ class Generator(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
 
+    def distance_bound(self) -> tuple[str, float] | None:
+        """The bound every fingerprint keeps to its source before 8-bit rounding, as
+        ``(norm, eps)`` with norm ``"linf"`` or ``"l2"`` in [0, 1] pixel units; None for
+        methods with no such bound (natural images, or decoded latent codes)."""
+        return None
+
     @abstractmethod
     def _search(
         self,
@@ -191,6 +197,7 @@ class Generator(ABC):
                 "target_weights_sha256": digest,
                 "method": self.name,
                 "params": json_ready(asdict(self.params)),
+                "distance_bound": _bound_entry(self.distance_bound()),
                 "seed": seed,
                 "generation_seconds": time.perf_counter() - started,
                 "forward_passes": passes.forward,
@@ -199,3 +206,7 @@ class Generator(ABC):
                 **extra,
             },
         )
+
+
+def _bound_entry(bound: tuple[str, float] | None) -> dict[str, Any] | None:
+    return None if bound is None else {"norm": bound[0], "eps": bound[1]}

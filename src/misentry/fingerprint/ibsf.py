@@ -74,6 +74,9 @@ class Ibsf(Generator):
     name = "ibsf"
     params: IbsfParams
 
+    def distance_bound(self) -> tuple[str, float]:
+        return ("l2", self.params.eps)
+
     def _search(
         self,
         target: nn.Module,

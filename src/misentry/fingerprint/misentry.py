@@ -271,6 +271,9 @@ class Misentry(Generator):
     name = "misentry"
     params: MisentryParams
 
+    def distance_bound(self) -> tuple[str, float]:
+        return (self.params.norm, self.params.eps)
+
     @classmethod
     def profile(cls, name: str, **overrides: Any) -> Misentry:
         """The generator of profile ``name`` (``strict`` or ``covert``) with overrides."""

@@ -63,6 +63,9 @@ class Noise(Generator):
     name = "noise"
     params: NoiseParams
 
+    def distance_bound(self) -> tuple[str, float]:
+        return ("linf", self.params.eps)
+
     def _search(
         self,
         target: nn.Module,

@@ -183,6 +183,9 @@ class Ssf(Generator):
     name = "ssf"
     params: SsfParams
 
+    def distance_bound(self) -> tuple[str, float]:
+        return ("linf", self.params.eps)
+
     def sensitivity(self, target: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample sensitivity of ``x`` and the output layer's input, with ``target`` in the
         caller's mode (eval)."""
