@@ -17,11 +17,15 @@ $(VENV)/.installed-core: pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) -e '.[dev]'
+	$(PIP) -e '.[dev,serve,onnx,interop]'
+	touch $@ $(VENV)/.installed-core $(VENV)/.installed-serve
+
+$(VENV)/.installed-serve: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e '.[serve]'
 	touch $@ $(VENV)/.installed-core
 
-demo: $(VENV)/.installed-core
-	$(BIN)/misentry train --dataset mnist5k --arch lenet5 --seed 0 --out runs/demo/target-mnist5k-lenet5
+demo: $(VENV)/.installed-serve
+	$(BIN)/misentry demo --out runs/demo
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks

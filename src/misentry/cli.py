@@ -33,6 +33,7 @@ are read from a folder you give with --root.
 
 EPILOG = """\
 examples:
+  misentry demo                            the main job on mnist5k, start to finish
   misentry data list                       datasets and where they come from
   misentry data show mnist5k               pool sizes of one dataset
   misentry models list                     architectures
@@ -41,6 +42,9 @@ examples:
   misentry tamper list                     the BIVBench tampering variants
   misentry tamper build --target runs/target --variant all --instances 10 --out runs/bench
   misentry fingerprint --method misentry --target runs/target --n 100 --out runs/fp
+  misentry export --model runs/target --onnx runs/target.onnx
+  misentry serve --model runs/target --name target        Open Inference Protocol on :8080
+  misentry verify --fingerprints runs/fp --endpoint http://127.0.0.1:8080/v2/models/target
 """
 
 console = Console()
@@ -93,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_record(verbs)
     _add_tamper(verbs)
     _add_fingerprint(verbs)
+    from misentry.cli_export import add_export
+
+    add_export(verbs, _verb)
+    from misentry.cli_verify import add_verify
+
+    add_verify(verbs, _verb)
+    from misentry.cli_serve import add_serve
+
+    add_serve(verbs, _verb)
+    from misentry.demo import add_demo
+
+    add_demo(verbs, _verb)
     return parser
 
 

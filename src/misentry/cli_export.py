@@ -1,0 +1,127 @@
+"""The ``misentry export`` verb: a model record to an ONNX file, checked against ONNX Runtime.
+
+Kept apart from :mod:`misentry.cli` and wired in there with :func:`add_export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from misentry.cli_verbs import MakeVerb, Verbs
+
+EXPORT_DESCRIPTION = """\
+Export the model of a record folder to an ONNX file for serving (input "input": float32 images
+in [0, 1], N x C x H x W, batch size free; output "logits"), then run the file with ONNX Runtime
+on the first images of the dataset's test pool and check that its labels agree with the model's
+on every one of them. Needs the onnx extra: pip install 'misentry[onnx]'.
+"""
+
+EXPORT_EPILOG = """\
+example:
+  misentry export --model runs/target --onnx runs/target.onnx
+"""
+
+
+def add_export(verbs: Verbs, make_verb: MakeVerb) -> argparse.ArgumentParser:
+    """Add ``misentry export`` to ``verbs``; returns its parser."""
+    export = make_verb(
+        verbs,
+        "export",
+        "export a model record to ONNX and check it with ONNX Runtime",
+        _export,
+        description=EXPORT_DESCRIPTION,
+    )
+    export.epilog = EXPORT_EPILOG
+    export.add_argument("--model", type=Path, required=True, metavar="DIR", help="record folder")
+    export.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="file to write")
+    export.add_argument(
+        "--check",
+        type=int,
+        default=256,
+        metavar="N",
+        help="test images whose labels must agree (default 256; 0 skips the check)",
+    )
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    export.add_argument("--root", type=Path, help="dataset folder, for datasets read from disk")
+    export.add_argument("--force", action="store_true", help="replace an existing --onnx file")
+    export.add_argument("--json", action="store_true", help="print a JSON summary")
+    return export
+
+
+def _export(args: argparse.Namespace) -> int:
+    from misentry.cli import CliError, console, err_console
+    from misentry.data import get_dataset
+    from misentry.models import InputSpec, RecordError, load_model
+    from misentry.models.record import sha256_file
+    from misentry.verify.onnx import DEFAULT_OPSET, check_export, export_onnx
+
+    out: Path = args.onnx
+    if args.check < 0:
+        raise CliError("--check must be 0 or more")
+    if out.is_dir():
+        raise CliError(f"--onnx: {out} is a folder; give a file name such as model.onnx")
+    if out.exists() and not args.force:
+        raise CliError(f"--onnx: {out} exists; use --force to replace it")
+    if not out.parent.is_dir():
+        raise CliError(f"--onnx: the folder {out.parent} does not exist")
+    try:
+        model, record = load_model(args.model)
+    except RecordError as err:
+        raise CliError(f"--model: {err}") from None
+    assert record.input is not None  # load_model checked the record holds a model
+    spec = InputSpec.from_json(record.input)
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    with err_console.status(f"exporting {record.architecture} to {out}…"):
+        export_onnx(model, spec.shape, out, opset=opset)
+    summary: dict[str, Any] = {
+        "model": str(args.model),
+        "record_id": record.record_id,
+        "architecture": record.architecture,
+        "dataset": record.dataset,
+        "onnx": str(out),
+        "bytes": out.stat().st_size,
+        "sha256": sha256_file(out),
+        "opset": opset,
+        "input": ["input", "float32", ["N", *spec.shape], "[0, 1]"],
+        "output": ["logits", "float32", ["N", spec.num_classes]],
+        "checked": None,
+        "agreement": None,
+    }
+    if args.check:
+        with err_console.status(f"checking with ONNX Runtime on the {record.dataset} test pool…"):
+            test = get_dataset(record.dataset).pools(record.data_seed, args.root)["test"]
+            check = check_export(model, out, test.images[: args.check])
+        summary["checked"] = check.n
+        summary["agreement"] = check.agreement
+        if check.agree < check.n:
+            out.unlink()
+            raise CliError(
+                f"ONNX Runtime's labels agree with the model on only {check.agree} of "
+                f"{check.n} test images ({check.agreement:.2%}), so the export is not faithful "
+                f"and {out} was removed; try another --opset or a newer onnxruntime"
+            )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    console.print(
+        f"wrote [bold]{out}[/] ({summary['bytes']:,} bytes, opset {opset}, "
+        f"sha256 {summary['sha256'][:16]}…)",
+        highlight=False,
+    )
+    console.print(
+        f"  {record.architecture} on {record.dataset}, record {record.record_id[:16]}; "
+        f"input 'input' float32 N×{'×'.join(map(str, spec.shape))} in [0, 1], output 'logits'",
+        highlight=False,
+    )
+    if args.check:
+        console.print(
+            f"  ONNX Runtime agrees with the model on [bold green]{summary['checked']}/"
+            f"{summary['checked']}[/] test images (100%)",
+            highlight=False,
+        )
+    else:
+        console.print("  [yellow]not checked[/] against ONNX Runtime (--check 0)")
+    return 0

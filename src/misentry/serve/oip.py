@@ -1,0 +1,273 @@
+"""An Open Inference Protocol (KServe V2) REST server for one model, on FastAPI and uvicorn.
+
+Endpoints: ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2`` (server metadata),
+``GET /v2/models/{name}[/versions/{v}]`` (model metadata), ``GET .../ready`` and
+``POST .../infer``. What an inference request must hold is in :mod:`misentry.serve.protocol`.
+Every refusal is a 4xx answer ``{"error": "..."}``; an unexpected failure is a 500 with a fixed
+message (the traceback goes to the server's log, never to the client). There is no
+authentication: the server binds 127.0.0.1 unless told otherwise.
+
+>>> app = create_app(model, name="lenet", num_classes=10, input_shape=(1, 28, 28))
+>>> with serve_in_thread(app) as base:  # doctest: +SKIP
+...     print(f"{base}/v2/models/lenet")
+http://127.0.0.1:40123/v2/models/lenet
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from torch import nn
+
+from misentry import __version__
+from misentry.models import Record, model_from_record
+from misentry.serve.protocol import ModelSignature, ProtocolError, infer, parse_body, parse_request
+
+LOOPBACK = "127.0.0.1"
+SERVER_NAME = "misentry"
+_INTERNAL_ERROR = "internal server error; the server log has the details"
+
+
+def create_app(
+    model: nn.Module,
+    *,
+    name: str,
+    version: str | None = None,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    scores: bool = False,
+    max_batch: int = 1024,
+) -> FastAPI:
+    """An OIP REST app that serves ``model`` (put in eval mode) under ``name``.
+
+    Arguments:
+        model: a classifier of float images in [0, 1], NCHW.
+        name: the model's name in the URL (letters, digits, ``_ . -``).
+        version: the model's version; None offers no ``/versions/{v}`` paths.
+        num_classes: number of classes.
+        input_shape: (C, H, W) of one image.
+        scores: also offer the ``scores`` output (softmax probabilities); labels only by default.
+        max_batch: most images per request (default 1024); more is refused with 413.
+    """
+    signature = ModelSignature(
+        name=name,
+        version=version,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        scores=scores,
+        max_batch=max_batch,
+    )
+    model.eval()
+    lock = threading.Lock()  # one forward pass at a time: torch already uses every core
+
+    def run_inference(body: bytes) -> dict[str, Any]:
+        request = parse_request(parse_body(body), signature)
+        with lock:
+            return infer(model, request, signature)
+
+    app = FastAPI(
+        title=f"misentry OIP server: {name}",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    _add_error_handlers(app)
+
+    @app.get("/v2/health/live")
+    def live() -> dict[str, Any]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    def ready() -> dict[str, Any]:
+        return {"ready": True}
+
+    @app.get("/v2")
+    def server_metadata() -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": []}
+
+    @app.get("/v2/models/{model_name}")
+    def model_metadata(model_name: str) -> dict[str, Any]:
+        _check_model(signature, model_name, None)
+        return signature.metadata()
+
+    @app.get("/v2/models/{model_name}/versions/{model_version}")
+    def version_metadata(model_name: str, model_version: str) -> dict[str, Any]:
+        _check_model(signature, model_name, model_version)
+        return signature.metadata()
+
+    @app.get("/v2/models/{model_name}/ready")
+    def model_ready(model_name: str) -> dict[str, Any]:
+        _check_model(signature, model_name, None)
+        return {"name": signature.name, "ready": True}
+
+    @app.get("/v2/models/{model_name}/versions/{model_version}/ready")
+    def version_ready(model_name: str, model_version: str) -> dict[str, Any]:
+        _check_model(signature, model_name, model_version)
+        return {"name": signature.name, "ready": True}
+
+    @app.post("/v2/models/{model_name}/infer")
+    async def model_infer(model_name: str, request: Request) -> dict[str, Any]:
+        _check_model(signature, model_name, None)
+        body = await _read_body(request, signature.max_body_bytes)
+        return await run_in_threadpool(run_inference, body)
+
+    @app.post("/v2/models/{model_name}/versions/{model_version}/infer")
+    async def version_infer(model_name: str, model_version: str, request: Request) -> Any:
+        _check_model(signature, model_name, model_version)
+        body = await _read_body(request, signature.max_body_bytes)
+        return await run_in_threadpool(run_inference, body)
+
+    return app
+
+
+def create_app_from_record(
+    record: Record,
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    scores: bool = False,
+    max_batch: int = 1024,
+) -> FastAPI:
+    """:func:`create_app` for the model of a record; ``name`` defaults to
+    :func:`default_model_name`. RecordError if the record holds no model."""
+    model = model_from_record(record)
+    spec = record.input or {}
+    return create_app(
+        model,
+        name=name or default_model_name(record),
+        version=version,
+        num_classes=int(spec["num_classes"]),
+        input_shape=(int(spec["channels"]), int(spec["height"]), int(spec["width"])),
+        scores=scores,
+        max_batch=max_batch,
+    )
+
+
+def default_model_name(record: Record) -> str:
+    """``<dataset>-<first 16 hex digits of the record id>``, as record folders are named."""
+    dataset = re.sub(r"[^A-Za-z0-9_.-]+", "-", record.dataset).strip("-._") or "model"
+    return f"{dataset}-{record.record_id[:16]}"
+
+
+def _check_model(signature: ModelSignature, name: str, version: str | None) -> None:
+    if name != signature.name:
+        raise ProtocolError(f"model {name!r} not found; this server has {signature.name!r}", 404)
+    if version is not None and version != signature.version:
+        have = "no versions" if signature.version is None else f"version {signature.version!r}"
+        raise ProtocolError(f"model {name!r} has no version {version!r}; it has {have}", 404)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is longer than ``limit`` bytes."""
+    too_long = ProtocolError(
+        f"the request body exceeds {limit} bytes (max_batch images as JSON); split the request",
+        413,
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_long
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_long
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answer is ``{"error": "..."}``; nothing internal reaches the client."""
+
+    async def protocol_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ProtocolError)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 404:
+            detail = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"method {request.method} not allowed on {request.url.path}"
+        return JSONResponse({"error": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        where = ", ".join(".".join(map(str, e.get("loc", ()))) for e in exc.errors())
+        return JSONResponse({"error": f"invalid request ({where})"}, status_code=400)
+
+    async def internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+        # Starlette re-raises the exception after this answer: uvicorn logs its traceback
+        return JSONResponse({"error": _INTERNAL_ERROR}, status_code=500)
+
+    app.add_exception_handler(ProtocolError, protocol_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, internal_error)
+
+
+def run_server(
+    app: FastAPI, host: str = LOOPBACK, port: int = 8080, log_level: str = "info"
+) -> None:
+    """Serve ``app`` with uvicorn until interrupted (Ctrl-C). Binds 127.0.0.1 by default."""
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+@contextmanager
+def serve_in_thread(
+    app: FastAPI,
+    host: str = LOOPBACK,
+    port: int = 0,
+    *,
+    timeout: float = 10.0,
+    log_level: str = "warning",
+) -> Iterator[str]:
+    """Serve ``app`` from a background thread; yields the base URL ``http://HOST:PORT``.
+
+    ``port=0`` takes a free port. The server stops (and the thread ends) when the block exits.
+    RuntimeError if it does not start within ``timeout`` seconds (e.g. the port is taken).
+    """
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off")
+    server = uvicorn.Server(config)
+
+    def run() -> None:
+        with suppress(SystemExit):  # uvicorn exits when it cannot bind; _wait_started says so
+            server.run()
+
+    thread = threading.Thread(target=run, name=f"oip-server-{port}", daemon=True)
+    thread.start()
+    try:
+        _wait_started(server, thread, host, port, timeout)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        yield f"http://{shown}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+
+
+def _wait_started(
+    server: uvicorn.Server, thread: threading.Thread, host: str, port: int, timeout: float
+) -> None:
+    stop = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(
+                f"the server did not start on {host}:{port} (port taken or host not local?)"
+            )
+        if time.monotonic() > stop:
+            raise RuntimeError(f"the server did not start on {host}:{port} in {timeout:g} s")
+        time.sleep(0.01)

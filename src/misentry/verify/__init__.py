@@ -1,0 +1,1 @@
+"""Black-box verification of a deployed model: label oracles and the verifier."""

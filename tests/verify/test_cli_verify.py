@@ -1,0 +1,315 @@
+"""``misentry verify``: exit codes 0/1/2, JSON output, the ledger, and the wiring of the ONNX and
+HTTP oracles (faked here; their own tests are elsewhere)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from torch import nn
+
+from misentry.cli import _verb
+from misentry.cli_verify import add_verify
+from misentry.data import get_dataset, to_unit
+from misentry.fingerprint.bundle import FingerprintSet, save_bundle
+from misentry.models import (
+    Record,
+    TargetConfig,
+    TrainConfig,
+    last_linear,
+    model_from_record,
+    model_record,
+    predict,
+    save_record,
+    train_target,
+)
+from misentry.models.spec import InputSpec
+from misentry.verify.ledger import LEDGER_FILE
+from misentry.verify.oracle import LabelOracle
+
+N = 16
+
+
+@pytest.fixture(scope="module")
+def record() -> Record:
+    """A LeNet-5-sized digits target, 3 epochs: quick, and good enough to verify."""
+    return train_target(TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16)))
+
+
+@pytest.fixture(scope="module")
+def target(record: Record) -> nn.Module:
+    return model_from_record(record)
+
+
+@pytest.fixture(scope="module")
+def files(
+    tmp_path_factory: pytest.TempPathFactory, record: Record, target: nn.Module
+) -> dict[str, Path]:
+    """The target's record, a tampered record (every image gets label 0) and a signed key."""
+    root = tmp_path_factory.mktemp("verify-cli")
+    tampered = copy.deepcopy(target)
+    with torch.no_grad():
+        last_linear(tampered)[1].bias[0] += 1000.0
+    assert record.input is not None
+    tampered_record = model_record(
+        tampered,
+        kind="tampered",
+        dataset=record.dataset,
+        architecture=str(record.architecture),
+        spec=InputSpec.from_json(record.input),
+        data_seed=record.data_seed,
+        model_seed=record.model_seed,
+        params={"test": "bias of label 0 raised"},
+        parent=record.record_id,
+    )
+    (root / "key").write_text("owner secret\n")
+    return {
+        "target": save_record(record, root / "target"),
+        "tampered": save_record(tampered_record, root / "tampered"),
+        "key": root / "key",
+    }
+
+
+@pytest.fixture
+def fingerprints(tmp_path: Path, target: nn.Module) -> Path:
+    """A fresh unsigned bundle (no ledger yet) of 16 natural fingerprints, none labelled 0."""
+    source = get_dataset("digits").pools(0)["source"].images
+    labels = predict(target, to_unit(source))
+    keep = (labels != 0).nonzero().flatten()[:N]
+    fps = FingerprintSet(source[keep], labels[keep], keep, {"dataset": "digits"})
+    return save_bundle(fps, tmp_path / "fp")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="misentry")
+    add_verify(parser.add_subparsers(), _verb)
+    args = parser.parse_args(["verify", *argv])
+    code: int = args.handler(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_intact_model_exits_0(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], fingerprints: Path
+) -> None:
+    code, out, _ = run(capsys, "--fingerprints", str(fingerprints), "--model", str(files["target"]))
+    assert code == 0
+    assert "INTACT" in out
+    assert "all 5 fingerprints" in out
+
+
+def test_tampered_model_exits_1_and_lists_the_mismatches(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], fingerprints: Path
+) -> None:
+    code, out, _ = run(
+        capsys, "--fingerprints", str(fingerprints), "--model", str(files["tampered"]), "--all"
+    )
+    assert code == 1
+    assert "TAMPERED" in out
+    assert f"{N} of {N} fingerprints changed label" in out
+    assert "fingerprints whose label changed" in out
+
+
+def test_json_output_has_the_verdict_mismatches_and_ledger(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], fingerprints: Path
+) -> None:
+    argv = ["--fingerprints", str(fingerprints), "--model", str(files["tampered"]), "--json"]
+    code, out, _ = run(capsys, *argv, "--ns", "1,3", "--ns", "6", "--seed", "4")
+    data = json.loads(out)
+    assert code == data["exit"] == 1
+    assert data["verdict"] == "tampered"
+    assert data["ns"] == [1, 3, 6]
+    assert data["seed"] == 4
+    assert data["queries"] == 6
+    assert len(data["mismatches"]) == 6
+    assert all(m["returned"] == 0 for m in data["mismatches"])
+    assert data["fresh_left"] == N - 6
+    assert data["ledger"] == str(fingerprints / LEDGER_FILE)
+    code, out, _ = run(capsys, *argv, "--ns", "4")
+    assert json.loads(out)["fresh_left"] == N - 10
+
+
+def test_no_ledger_writes_no_file(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], fingerprints: Path
+) -> None:
+    argv = ["--fingerprints", str(fingerprints), "--model", str(files["target"])]
+    code, out, _ = run(capsys, *argv, "--no-ledger", "--json")
+    assert code == 0
+    assert json.loads(out)["ledger"] is None
+    assert not (fingerprints / LEDGER_FILE).exists()
+    ledger = fingerprints.parent / "elsewhere.json"
+    code, out, _ = run(capsys, *argv, "--ledger", str(ledger), "--name", "prod", "--json")
+    assert code == 0
+    assert json.loads(out)["endpoint_id"] == "prod"
+    assert ledger.is_file()
+    assert not (fingerprints / LEDGER_FILE).exists()
+    unwritable = fingerprints / "manifest.json" / "ledger.json"
+    code, out, _ = run(capsys, *argv, "--ledger", str(unwritable), "--json")
+    assert code == 2
+    assert json.loads(out)["reason"] == "ledger"
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (["--budget", "3"], "budget"),
+        (["--ns", f"{N + 1}"], "usage"),
+        (["--header", "X: 1"], "usage"),
+        (["--no-ledger", "--ledger", "x.json"], "usage"),
+    ],
+)
+def test_inconclusive_and_errors_exit_2_with_a_reason(
+    capsys: pytest.CaptureFixture[str],
+    files: dict[str, Path],
+    fingerprints: Path,
+    extra: list[str],
+    reason: str,
+) -> None:
+    argv = ["--fingerprints", str(fingerprints), "--model", str(files["target"]), *extra]
+    code, out, _ = run(capsys, *argv, "--json")
+    data = json.loads(out)
+    assert code == data["exit"] == 2
+    assert data["verdict"] == "inconclusive"
+    assert data["reason"] == reason
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert "INCONCLUSIVE" in out + err
+
+
+def test_a_bad_bundle_model_or_key_exits_2(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], fingerprints: Path, tmp_path: Path
+) -> None:
+    model = ["--model", str(files["target"])]
+    code, _, err = run(capsys, "--fingerprints", str(tmp_path / "missing"), *model)
+    assert code == 2
+    assert "not found" in err
+    signed = save_bundle(
+        FingerprintSet(
+            torch.zeros(2, 1, 8, 8, dtype=torch.uint8),
+            torch.ones(2, dtype=torch.int64),
+            torch.arange(2),
+        ),
+        tmp_path / "signed",
+        key=b"owner secret",
+    )
+    code, _, err = run(capsys, "--fingerprints", str(signed), *model)
+    assert code == 2
+    assert "give the key" in err
+    code, out, _ = run(
+        capsys, "--fingerprints", str(signed), *model, "--key-file", str(files["key"]), "--json"
+    )
+    assert code in (0, 1)
+    assert json.loads(out)["queries"] == 2
+    code, out, _ = run(capsys, "--fingerprints", str(fingerprints), "--model", str(tmp_path))
+    assert code == 2
+    assert (
+        json.loads(
+            run(capsys, "--fingerprints", str(fingerprints), "--model", str(tmp_path), "--json")[1]
+        )["reason"]
+        == "model"
+    )
+    # a changed bundle: its hash check fails
+    manifest = json.loads((fingerprints / "manifest.json").read_text())
+    manifest["tensors_sha256"] = "0" * 64
+    (fingerprints / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run(capsys, "--fingerprints", str(fingerprints), *model)
+    assert code == 2
+    assert "hash check failed" in err
+
+
+class FakeOracle(LabelOracle):
+    """Stands in for the HTTP and ONNX oracles: remembers its arguments and answers with the
+    labels of a model (or raises what it is told to)."""
+
+    made: ClassVar[list[dict[str, Any]]] = []
+    model: ClassVar[nn.Module | None] = None
+    fail: ClassVar[Exception | None] = None
+
+    def __init__(self, where: Any, **kwargs: Any) -> None:
+        limits = {k: kwargs.pop(k) for k in ("num_classes", "batch_size", "budget", "deadline")}
+        super().__init__(**limits)
+        FakeOracle.made.append({"where": where, **kwargs, **limits})
+        if FakeOracle.fail is not None:
+            raise FakeOracle.fail
+
+    def _query(self, images: torch.Tensor) -> torch.Tensor:
+        assert FakeOracle.model is not None
+        return predict(FakeOracle.model, to_unit(images))
+
+
+@pytest.fixture
+def fake_oracles(monkeypatch: pytest.MonkeyPatch, target: nn.Module) -> type[FakeOracle]:
+    monkeypatch.setattr(FakeOracle, "made", [])
+    monkeypatch.setattr(FakeOracle, "model", target)
+    monkeypatch.setattr(FakeOracle, "fail", None)
+    monkeypatch.setitem(
+        sys.modules, "misentry.verify.http", types.SimpleNamespace(HttpOracle=FakeOracle)
+    )
+    monkeypatch.setitem(
+        sys.modules, "misentry.verify.onnx", types.SimpleNamespace(OnnxOracle=FakeOracle)
+    )
+    return FakeOracle
+
+
+def test_endpoint_options_reach_the_http_oracle(
+    capsys: pytest.CaptureFixture[str], fingerprints: Path, fake_oracles: type[FakeOracle]
+) -> None:
+    url = "http://localhost:9/v2/models/lenet"
+    code, out, _ = run(
+        capsys,
+        *("--fingerprints", str(fingerprints), "--endpoint", url, "--json"),
+        *("--header", "Authorization: Bearer T", "--header", "X-Team:ml"),
+        *("--datatype", "UINT8", "--layout", "NHWC", "--output", "scores"),
+        *("--output-name", "logits", "--input-name", "x", "--timeout", "3"),
+        *("--budget", "50", "--deadline", "9", "--batch-size", "4"),
+    )
+    assert code == 0
+    made = fake_oracles.made[0]
+    assert made["where"] == url
+    assert made["headers"] == {"Authorization": "Bearer T", "X-Team": "ml"}
+    assert (made["datatype"], made["layout"], made["output"]) == ("UINT8", "NHWC", "scores")
+    assert (made["output_name"], made["input_name"], made["timeout"]) == ("logits", "x", 3.0)
+    assert (made["budget"], made["deadline"], made["batch_size"]) == (50, 9.0, 4)
+    assert made["num_classes"] == 10  # from the bundle's dataset
+    assert json.loads(out)["endpoint_id"] == url
+
+
+def test_onnx_and_a_failing_oracle_setup(
+    capsys: pytest.CaptureFixture[str],
+    fingerprints: Path,
+    fake_oracles: type[FakeOracle],
+    tmp_path: Path,
+) -> None:
+    code, out, _ = run(
+        capsys, "--fingerprints", str(fingerprints), "--onnx", str(tmp_path / "m.onnx"), "--json"
+    )
+    assert code == 0
+    assert json.loads(out)["endpoint_id"] == f"onnx:{tmp_path / 'm.onnx'}"
+    fake_oracles.fail = ValueError("not an OIP model URL")
+    code, out, _ = run(
+        capsys, "--fingerprints", str(fingerprints), "--endpoint", "ftp://x", "--json"
+    )
+    assert code == 2
+    assert json.loads(out)["reason"] == "oracle"
+    fake_oracles.fail = ImportError("No module named 'onnxruntime'")
+    code, _, err = run(capsys, "--fingerprints", str(fingerprints), "--onnx", "m.onnx")
+    assert code == 2
+    assert "onnxruntime" in err
+
+
+def test_help_has_exit_codes_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="misentry")
+    add_verify(parser.add_subparsers(), _verb)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["verify", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for text in ("exit status", "inconclusive", "examples:", "--endpoint", "--ns", "ledger"):
+        assert text in out
