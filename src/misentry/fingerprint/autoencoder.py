@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from misentry.fingerprint.base import GenerationError, SearchContext
+
 
 @dataclass(frozen=True)
 class AutoencoderParams:
@@ -144,3 +146,21 @@ def train_autoencoder(
     with torch.no_grad():
         error = float((model.decode(model.encode(x_all)) - x_all).abs().mean())
     return AutoencoderFit(model, error, time.perf_counter() - started)
+
+
+def owner_autoencoder(
+    method: str, params: AutoencoderParams, context: SearchContext, seed: int
+) -> AutoencoderFit:
+    """The autoencoder of a generator's search: trained with ``seed`` on the owner's
+    ``owner_train`` pool from ``context``, reporting its epochs as the stage "autoencoder"."""
+    if context.pools is None:
+        raise GenerationError(
+            f"{method} trains its autoencoder on the owner's owner_train pool: pass "
+            "SearchContext(pools=...)"
+        )
+    return train_autoencoder(
+        context.pools["owner_train"].x,
+        params,
+        seed,
+        lambda done, total: context.report("autoencoder", done, total),
+    )

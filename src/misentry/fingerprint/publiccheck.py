@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from misentry.data import ImageSet
-from misentry.fingerprint.autoencoder import Autoencoder, AutoencoderParams, train_autoencoder
+from misentry.data import ImageSet, to_pixels, to_unit
+from misentry.fingerprint.autoencoder import Autoencoder, AutoencoderParams, owner_autoencoder
 from misentry.fingerprint.base import GenerationError, Generator, SearchContext, on_lattice
 from misentry.fingerprint.natural import draw_sources
-from misentry.models import predict
+from misentry.verify.oracle import ModuleOracle
 
 MAX_BISECTIONS = 64
 """Bisection steps after which a bracket stops halving whatever its length (float64 t runs out
@@ -76,21 +76,22 @@ class PublicCheckParams:
         )
 
 
-class LabelOracle:
-    """The only door to the target: top-1 labels of images rounded to the 8-bit lattice (what
-    is emitted is what was queried), in eval mode without gradients, every image counted."""
+class LatticeOracle:
+    """The only door to the target: a label-only :class:`~misentry.verify.oracle.ModuleOracle`
+    (it counts every image), asked about images rounded to the 8-bit lattice, so what is
+    emitted is what was queried."""
 
     def __init__(self, target: nn.Module) -> None:
-        self.target = target
-        self.queries = 0
+        self.oracle = ModuleOracle(target, batch_size=1 << 16)
+
+    @property
+    def queries(self) -> int:
+        return self.oracle.queries
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The lattice images of ``x`` and the target's labels of them."""
-        x = on_lattice(x)
-        self.queries += int(x.shape[0])
-        if x.shape[0] == 0:
-            return x, torch.empty(0, dtype=torch.int64)
-        return x, predict(self.target, x)
+        pixels = to_pixels(x)
+        return to_unit(pixels), self.oracle.labels(pixels)
 
 
 @dataclass
@@ -194,20 +195,10 @@ class PublicCheck(Generator):
         generator: torch.Generator,
         context: SearchContext,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        if context.pools is None:
-            raise GenerationError(
-                "publiccheck trains its autoencoder on the owner's owner_train pool: pass "
-                "SearchContext(pools=...)"
-            )
         p = self.params
         ae_seed = int(torch.randint(2**31, (1,), generator=generator))
-        fit = train_autoencoder(
-            context.pools["owner_train"].x,
-            p.autoencoder,
-            ae_seed,
-            lambda done, total: context.report("autoencoder", done, total),
-        )
-        oracle = LabelOracle(target)
+        fit = owner_autoencoder(self.name, p.autoencoder, context, ae_seed)
+        oracle = LatticeOracle(target)
         order = draw_sources(sources, len(sources), generator)
         rounds: list[tuple[_Pairs, _Jitters]] = []
         cursor, available, same_label, no_flip = 0, 0, 0, 0
@@ -252,7 +243,7 @@ class PublicCheck(Generator):
         )
 
     def _locate(
-        self, ae: Autoencoder, oracle: LabelOracle, x: torch.Tensor, pairs: torch.Tensor
+        self, ae: Autoencoder, oracle: LatticeOracle, x: torch.Tensor, pairs: torch.Tensor
     ) -> _Pairs:
         """The first label flip on each pair's latent line, bracketed within ``delta``; pairs
         whose decoded path never changes label are left out. ``x`` holds the pairs' source
@@ -285,7 +276,7 @@ class PublicCheck(Generator):
     def _bisect(
         self,
         ae: Autoencoder,
-        oracle: LabelOracle,
+        oracle: LatticeOracle,
         pairs: _Pairs,
         z_a: torch.Tensor,
         z_b: torch.Tensor,
@@ -306,7 +297,7 @@ class PublicCheck(Generator):
             pairs.hi.update(active[~same], _select(mid, ~same))
 
     def _jitter(
-        self, ae: Autoencoder, oracle: LabelOracle, pairs: _Pairs, generator: torch.Generator
+        self, ae: Autoencoder, oracle: LatticeOracle, pairs: _Pairs, generator: torch.Generator
     ) -> _Jitters:
         """``augment`` Gaussian latent jitters per side, in (jitter, pair, side) order; those
         equal to their side's image on the lattice are dropped unqueried, those whose label
@@ -336,7 +327,7 @@ class PublicCheck(Generator):
 
 
 def _observe(
-    ae: Autoencoder, oracle: LabelOracle, z: torch.Tensor
+    ae: Autoencoder, oracle: LatticeOracle, z: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode latent codes, round to the lattice and query: (images, labels)."""
     with torch.no_grad():

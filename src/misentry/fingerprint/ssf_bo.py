@@ -15,7 +15,7 @@ from sklearn.gaussian_process.kernels import RBF, ConstantKernel
 from torch import nn
 
 from misentry.data import ImageSet
-from misentry.fingerprint.autoencoder import Autoencoder, AutoencoderParams, train_autoencoder
+from misentry.fingerprint.autoencoder import Autoencoder, AutoencoderParams, owner_autoencoder
 from misentry.fingerprint.base import GenerationError, Generator, SearchContext, on_lattice
 from misentry.fingerprint.natural import draw_sources
 from misentry.fingerprint.ssf import last_layer_sensitivity
@@ -168,19 +168,11 @@ class SsfBo(Generator):
                 f"ssf_bo searches the latent space of a VAE of 1-channel images (as the paper "
                 f"does), not of {sources.x.shape[1]}-channel ones; use ssf or misentry here"
             )
-        if context.pools is None:
-            raise GenerationError(
-                "ssf_bo trains its VAE on the owner's owner_train pool: pass "
-                "SearchContext(pools=...)"
-            )
+        if context.pools is None:  # before drawing, so nothing is spent on a refused call
+            owner_autoencoder(self.name, p.autoencoder, context, 0)
         index = draw_sources(sources, n, generator)
         ae_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-        fit = train_autoencoder(
-            context.pools["owner_train"].x,
-            p.autoencoder,
-            ae_seed,
-            lambda done, total: context.report("autoencoder", done, total),
-        )
+        fit = owner_autoencoder(self.name, p.autoencoder, context, ae_seed)
         with evaluation(target):
             search = self._optimise(target, fit.model, sources.x[index], generator, context)
         start, reached = search.values[:, 0], search.best_values
