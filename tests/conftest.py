@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded datasets load once per test session."""
+"""Shared fixtures: the embedded datasets load, and the small digits target trains, once per test
+session."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from misentry.data import ImageSet, get_dataset
+from misentry.models import Record, TargetConfig, TrainConfig, train_target
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -21,3 +23,10 @@ def digits() -> ImageSet:
 @pytest.fixture(scope="session")
 def mnist5k() -> ImageSet:
     return get_dataset("mnist5k").load()
+
+
+@pytest.fixture(scope="session")
+def digits_record() -> Record:
+    """A LeNet-5-sized digits target, 3 epochs: quick, and good enough to fingerprint and
+    verify (training is deterministic, so every test sees the same weights)."""
+    return train_target(TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16)))

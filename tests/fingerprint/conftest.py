@@ -6,13 +6,12 @@ import pytest
 from torch import nn
 
 from misentry.data import ImageSet, get_dataset
-from misentry.models import Record, TargetConfig, TrainConfig, model_from_record, train_target
+from misentry.models import Record, model_from_record
 
 
 @pytest.fixture(scope="module")
-def record() -> Record:
-    """A LeNet-5-sized digits target, 3 epochs: quick, and good enough to fingerprint."""
-    return train_target(TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16)))
+def record(digits_record: Record) -> Record:
+    return digits_record
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,9 @@ pytest.importorskip("mlserver", reason="the MLServer interop test needs the inte
 from misentry.data import ImageSet, get_dataset, to_pixels, to_unit
 from misentry.models import (
     Record,
-    TargetConfig,
-    TrainConfig,
     model_from_record,
     predict,
     save_record,
-    train_target,
 )
 from misentry.serve.mlserver_runtime import start_mlserver, write_mlserver_config
 
@@ -33,8 +30,8 @@ NAME = "digits-target"
 
 
 @pytest.fixture(scope="module")
-def record() -> Record:
-    return train_target(TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16)))
+def record(digits_record: Record) -> Record:
+    return digits_record
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,11 @@ from misentry.data import get_dataset, to_unit
 from misentry.fingerprint.bundle import FingerprintSet, save_bundle
 from misentry.models import (
     Record,
-    TargetConfig,
-    TrainConfig,
     last_linear,
     model_from_record,
     model_record,
     predict,
     save_record,
-    train_target,
 )
 from misentry.models.spec import InputSpec
 from misentry.verify.ledger import LEDGER_FILE
@@ -38,9 +35,8 @@ N = 16
 
 
 @pytest.fixture(scope="module")
-def record() -> Record:
-    """A LeNet-5-sized digits target, 3 epochs: quick, and good enough to verify."""
-    return train_target(TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16)))
+def record(digits_record: Record) -> Record:
+    return digits_record
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,9 @@ from misentry.fingerprint.bundle import FingerprintSet, save_bundle
 from misentry.fingerprint.registry import get_method
 from misentry.models import (
     Record,
-    TargetConfig,
-    TrainConfig,
     last_linear,
     model_from_record,
     save_record,
-    train_target,
 )
 from misentry.serve.oip import create_app_from_record, serve_in_thread
 from misentry.verify.http import HttpOracle
@@ -44,8 +41,8 @@ __all__ = ["fault_server"]  # the fixture, imported for the fault tests
 
 
 @pytest.fixture(scope="module")
-def target() -> Record:
-    return train_target(TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16)))
+def target(digits_record: Record) -> Record:
+    return digits_record
 
 
 @pytest.fixture(scope="module")

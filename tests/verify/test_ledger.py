@@ -15,11 +15,8 @@ from misentry.data import get_dataset, to_unit
 from misentry.fingerprint.bundle import FingerprintSet, load_bundle, save_bundle
 from misentry.models import (
     Record,
-    TargetConfig,
-    TrainConfig,
     model_from_record,
     predict,
-    train_target,
 )
 from misentry.verify.ledger import LEDGER_FILE, Ledger, LedgerError
 from misentry.verify.oracle import ModuleOracle, OracleError
@@ -30,9 +27,8 @@ KEY = b"owner secret"
 
 
 @pytest.fixture(scope="module")
-def record() -> Record:
-    """A LeNet-5-sized digits target, 3 epochs: quick, and good enough to verify."""
-    return train_target(TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16)))
+def record(digits_record: Record) -> Record:
+    return digits_record
 
 
 @pytest.fixture(scope="module")

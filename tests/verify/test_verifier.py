@@ -17,12 +17,9 @@ from misentry.data import get_dataset, to_unit
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.models import (
     Record,
-    TargetConfig,
-    TrainConfig,
     last_linear,
     model_from_record,
     predict,
-    train_target,
 )
 from misentry.verify.oracle import LabelOracle, ModuleOracle, OracleError
 from misentry.verify.verifier import Mismatch, Verdict, VerifyError, verify
@@ -31,9 +28,8 @@ N = 24
 
 
 @pytest.fixture(scope="module")
-def record() -> Record:
-    """A LeNet-5-sized digits target, 3 epochs: quick, and good enough to verify."""
-    return train_target(TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16)))
+def record(digits_record: Record) -> Record:
+    return digits_record
 
 
 @pytest.fixture(scope="module")
