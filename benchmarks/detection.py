@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from misentry.bench.metrics import detection_rate, disagreements
+from misentry.bench.results import detection_rows, write_results
 from misentry.data import get_dataset
 from misentry.fingerprint.base import SearchContext
 from misentry.fingerprint.bundle import FingerprintSet, load_bundle, load_key, save_bundle
@@ -91,6 +92,9 @@ def main() -> None:
     parser.add_argument("--ns", type=int, nargs="+", default=[1, 5], help="N_S values")
     parser.add_argument("--save", type=Path, help="save generated bundles under this folder")
     parser.add_argument("--json", type=Path, help="write every d and rate to this file")
+    parser.add_argument(
+        "--results", type=Path, help="write results.json/.csv (N_S = 1..20) to this folder"
+    )
     args = parser.parse_args()
     if args.method and args.target is None:
         parser.error("--method needs --target")
@@ -122,6 +126,16 @@ def main() -> None:
         for name, fps in bundles.items():
             d[name][record.params["variant"]].append(disagreements(model, fps.x, fps.labels))
     report(args, bundles, d)
+    if args.results is not None:
+        rows = [
+            row
+            for name, fps in bundles.items()
+            for row in detection_rows(
+                str(fps.manifest.get("dataset", "?")), name, len(fps), d[name], range(1, 21)
+            )
+        ]
+        paths = write_results(rows, args.results)
+        print(f"wrote {len(rows)} rows to {paths[0]} and {paths[1]}")
 
 
 def report(

@@ -30,7 +30,6 @@ Format::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -40,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from misentry.atomic import write_text_atomic
 from misentry.fingerprint.bundle import FingerprintSet
 
 LEDGER_FILE = "ledger.json"
@@ -248,20 +248,6 @@ def _section_json(shown: Shown, count: int) -> dict[str, Any]:
 def _write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a reader sees the old or the new file, never a part."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        write_text_atomic(path, text)
     except OSError as err:
         raise LedgerError(f"ledger {path}: cannot write ({err.strerror or err})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise LedgerError(f"ledger {path}: cannot write ({err.strerror or err})") from None
-        raise

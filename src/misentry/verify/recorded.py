@@ -20,15 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from misentry.atomic import write_text_atomic
 from misentry.verify.oracle import LabelOracle, OracleError
 
 log = logging.getLogger(__name__)
@@ -90,16 +89,7 @@ class RecordingOracle(LabelOracle):
 
     def save(self, path: Path | str) -> Path:
         """Write the recording as JSON (atomically: a reader never sees half a file)."""
-        path = Path(path)
-        text = json.dumps(self.to_json(), indent=1) + "\n"
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # umask applies
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
+        return write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     def replay(self) -> RecordedOracle:
         """A :class:`RecordedOracle` of what was recorded so far, without a file."""

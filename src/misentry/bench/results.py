@@ -1,0 +1,188 @@
+"""Benchmark results as rows: one per (experiment, dataset, method, variant, ns).
+
+Every experiment of the benchmark reports in this one shape, so one file holds a whole run and
+the report is rebuilt from it. The detection table's rows have ``experiment = "detection"``;
+other experiments add their own fields under ``extra``. :func:`write_results` writes
+``results.json`` (the rows, with a format version) and ``results.csv`` (the same rows, ``extra``
+flattened to ``extra.KEY`` columns), each atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from misentry.atomic import write_text_atomic
+from misentry.bench.metrics import detection_rate
+
+FORMAT = "misentry-results"
+VERSION = 1
+
+COLUMNS = (
+    "experiment",
+    "dataset",
+    "method",
+    "variant",
+    "ns",
+    "detection_rate",
+    "ci_low",
+    "ci_high",
+    "n_instances",
+    "n_fingerprints",
+)
+"""The fixed columns, in order; ``extra`` keys follow in the CSV."""
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One measured cell.
+
+    Attributes:
+        experiment: ``detection``, ``leakage``, ``covertness``, ``sensitivity``, ``ablation``,
+            ``cost`` or ``frontier``.
+        dataset: the dataset preset's name (e.g. ``mnist5k``).
+        method: the fingerprint method (``misentry`` is the strict profile, ``misentry-covert``
+            the paper's).
+        variant: the BIVBench variant slug (``identity`` for the control).
+        ns: fingerprints per check (N_S).
+        detection_rate: mean over instances of the exact expected detection rate.
+        ci_low, ci_high: 95 % interval of that mean.
+        n_instances: instances averaged.
+        n_fingerprints: fingerprints in the bundle (N).
+        extra: experiment-specific values (JSON scalars).
+    """
+
+    experiment: str
+    dataset: str
+    method: str
+    variant: str
+    ns: int
+    detection_rate: float
+    ci_low: float
+    ci_high: float
+    n_instances: int
+    n_fingerprints: int
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.ns < 1 or self.ns > self.n_fingerprints:
+            problems.append(f"ns {self.ns} outside [1, n_fingerprints={self.n_fingerprints}]")
+        for name in ("detection_rate", "ci_low", "ci_high"):
+            value = getattr(self, name)
+            if not (isinstance(value, float | int) and 0.0 <= value <= 1.0):
+                problems.append(f"{name} {value!r} outside [0, 1]")
+        if not problems and not self.ci_low <= self.detection_rate <= self.ci_high:
+            problems.append("the interval must hold the rate")
+        if self.n_instances < 1:
+            problems.append(f"n_instances must be >= 1, not {self.n_instances}")
+        if problems:
+            raise ValueError(f"ResultRow ({self.method}, {self.variant}): {'; '.join(problems)}")
+
+    @property
+    def key(self) -> tuple[str, str, str, str, int]:
+        return (self.experiment, self.dataset, self.method, self.variant, self.ns)
+
+
+def detection_rows(
+    dataset: str,
+    method: str,
+    n_fingerprints: int,
+    d_per_variant: Mapping[str, Sequence[int]],
+    ns_values: Iterable[int],
+    experiment: str = "detection",
+    extra: Mapping[str, Any] | None = None,
+) -> list[ResultRow]:
+    """Rows of the detection table for one bundle: for each variant and each N_S (those above
+    ``n_fingerprints`` are skipped: no such check exists), the mean exact expected detection rate
+    over the variant's instances, from ``d`` = fingerprints each instance labels differently."""
+    rows = []
+    for variant, ds in d_per_variant.items():
+        for ns in ns_values:
+            if ns > n_fingerprints:
+                continue
+            rate = detection_rate(list(ds), n_fingerprints, ns)
+            rows.append(
+                ResultRow(
+                    experiment,
+                    dataset,
+                    method,
+                    variant,
+                    ns,
+                    rate.mean,
+                    rate.low,
+                    rate.high,
+                    rate.instances,
+                    n_fingerprints,
+                    dict(extra or {}),
+                )
+            )
+    return rows
+
+
+def write_results(rows: Sequence[ResultRow], out: Path | str) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.csv`` under ``out``; refuses duplicate keys."""
+    seen: dict[tuple[str, str, str, str, int], ResultRow] = {}
+    for row in rows:
+        if row.key in seen:
+            raise ValueError(f"write_results: two rows for {row.key}")
+        seen[row.key] = row
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    document = {"format": FORMAT, "version": VERSION, "rows": [asdict(row) for row in rows]}
+    json_path = write_text_atomic(out / "results.json", json.dumps(document, indent=1) + "\n")
+    csv_path = write_text_atomic(out / "results.csv", _csv(rows))
+    return json_path, csv_path
+
+
+def read_results(path: Path | str) -> list[ResultRow]:
+    """The rows of a ``results.json`` (or of the folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"read_results: cannot read {path}: {err}") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"read_results: {path} is not a misentry results file")
+    if document.get("version") != VERSION:
+        raise ValueError(
+            f"read_results: {path} has format version {document.get('version')}; "
+            f"this misentry reads version {VERSION}"
+        )
+    names = {f.name for f in fields(ResultRow)}
+    rows = []
+    for i, raw in enumerate(document.get("rows", [])):
+        if not isinstance(raw, dict) or set(raw) != names:
+            raise ValueError(f"read_results: row {i} of {path} does not have the row fields")
+        rows.append(ResultRow(**raw))
+    return rows
+
+
+def _csv(rows: Sequence[ResultRow]) -> str:
+    extra_keys = sorted({key for row in rows for key in row.extra})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*COLUMNS, *(f"extra.{key}" for key in extra_keys)])
+    for row in rows:
+        values = [getattr(row, column) for column in COLUMNS]
+        cells = [_cell(v) for v in values] + [_cell(row.extra.get(key)) for key in extra_keys]
+        writer.writerow(cells)
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
