@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import torch
 
 pytest.importorskip("mlserver", reason="the MLServer interop test needs the interop extra")
 
+from loopback_http import call
 from misentry.data import ImageSet, get_dataset, to_pixels, to_unit
 from misentry.models import (
     Record,
@@ -54,14 +53,8 @@ def images() -> torch.Tensor:
 
 
 def post(url: str, document: Any) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        url, data=json.dumps(document).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    status, answer, _ = call(url, json.dumps(document).encode())
+    return status, answer
 
 
 def body(x: torch.Tensor, datatype: str = "FP32") -> dict[str, Any]:
@@ -82,8 +75,7 @@ def test_mlserver_starts_on_loopback_quickly(server: tuple[str, float]) -> None:
     base, seconds = server
     assert base.startswith("http://127.0.0.1:")
     assert seconds < 60
-    with urllib.request.urlopen(f"{base}/v2/models/{NAME}", timeout=10) as response:
-        assert json.loads(response.read())["name"] == NAME
+    assert call(f"{base}/v2/models/{NAME}")[1]["name"] == NAME
 
 
 @pytest.mark.parametrize("datatype", ["FP32", "UINT8"])
@@ -123,9 +115,9 @@ def test_mlserver_refuses_bad_requests_with_json_errors(
 
 def test_mlserver_stops_with_the_context(record_dir: Path) -> None:
     with start_mlserver(record_dir, "second") as base:
-        urllib.request.urlopen(f"{base}/v2/health/live", timeout=5).close()
-    with pytest.raises(urllib.error.URLError):
-        urllib.request.urlopen(f"{base}/v2/health/live", timeout=2)
+        assert call(f"{base}/v2/health/live", timeout=5)[0] == 200
+    with pytest.raises(ConnectionRefusedError):
+        call(f"{base}/v2/health/live", timeout=2)
 
 
 def test_config_binds_loopback_without_parallel_workers(tmp_path: Path, record_dir: Path) -> None:

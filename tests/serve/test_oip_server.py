@@ -9,8 +9,6 @@ import inspect
 import json
 import math
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from torch import nn
 pytest.importorskip("fastapi", reason="misentry serve needs the serve extra (fastapi, uvicorn)")
 pytest.importorskip("uvicorn", reason="misentry serve needs the serve extra (fastapi, uvicorn)")
 
+from loopback_http import call
 from misentry import cli
 from misentry.cli_serve import add_serve, is_loopback, serve_command
 from misentry.data import ImageSet, to_pixels, to_unit
@@ -63,24 +62,6 @@ def base(model: nn.Module) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def images(digits: ImageSet) -> torch.Tensor:
     return digits.x[:MAX_BATCH]
-
-
-def call(url: str, body: bytes | None = None, method: str | None = None) -> tuple[int, Any, str]:
-    """(status, parsed JSON or None, raw text) of one request."""
-    request = urllib.request.Request(url, data=body, method=method)
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as err:
-        status, raw = err.code, err.read()
-    text = raw.decode()
-    try:
-        document = json.loads(text)
-    except ValueError:
-        document = None
-    return status, document, text
 
 
 def request_body(x: torch.Tensor, datatype: str = "FP32", **extra: Any) -> dict[str, Any]:
@@ -327,8 +308,8 @@ def test_serve_in_thread_stops_the_server_on_exit(model: nn.Module) -> None:
     app = create_app(model, name="m", num_classes=10, input_shape=SHAPE)
     with serve_in_thread(app) as url:
         assert call(f"{url}/v2/health/live")[0] == 200
-    with pytest.raises(urllib.error.URLError):
-        urllib.request.urlopen(f"{url}/v2/health/live", timeout=2)
+    with pytest.raises(ConnectionRefusedError):
+        call(f"{url}/v2/health/live", timeout=2)
 
 
 def test_serve_in_thread_reports_a_port_already_taken(model: nn.Module, base: str) -> None:
