@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from misentry.data import Pools, get_dataset
-from misentry.fingerprint.base import SearchContext
+from misentry.fingerprint.base import GenerationError, SearchContext
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.fingerprint.misentry import Misentry, MisentryParams, benign_stable
 from misentry.fingerprint.stats import entropy
@@ -232,7 +232,7 @@ def test_parameters_are_checked_and_the_context_is_required(
             MisentryParams(**bad)
     with pytest.raises(KeyError, match="profiles"):
         Misentry.profile("loud")
-    with pytest.raises(ValueError, match="pools"):
+    with pytest.raises(GenerationError, match="pools"):
         Misentry.profile("strict", **CHEAP).generate(target, pools["source"], 4, seed=0)
 
 

@@ -299,7 +299,7 @@ class Misentry(Generator):
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         p = self.params
         if context.pools is None or context.record is None:
-            raise ValueError(
+            raise GenerationError(
                 "misentry needs the owner's pools and the target's record (its zoo and its "
                 "normal band come from the held-out val pool): pass SearchContext(pools=..., "
                 "record=...)"
