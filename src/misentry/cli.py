@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     from misentry.demo import add_demo
 
     add_demo(verbs, _verb)
+    from misentry.cli_report import add_report
+
+    add_report(verbs, _verb)
     return parser
 
 
