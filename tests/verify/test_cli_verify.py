@@ -22,7 +22,6 @@ from misentry.fingerprint.bundle import FingerprintSet, save_bundle
 from misentry.models import (
     Record,
     last_linear,
-    model_from_record,
     model_record,
     predict,
     save_record,
@@ -32,16 +31,6 @@ from misentry.verify.ledger import LEDGER_FILE
 from misentry.verify.oracle import LabelOracle
 
 N = 16
-
-
-@pytest.fixture(scope="module")
-def record(digits_record: Record) -> Record:
-    return digits_record
-
-
-@pytest.fixture(scope="module")
-def target(record: Record) -> nn.Module:
-    return model_from_record(record)
 
 
 @pytest.fixture(scope="module")

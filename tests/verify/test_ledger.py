@@ -14,8 +14,6 @@ from torch import nn
 from misentry.data import get_dataset, to_unit
 from misentry.fingerprint.bundle import FingerprintSet, load_bundle, save_bundle
 from misentry.models import (
-    Record,
-    model_from_record,
     predict,
 )
 from misentry.verify.ledger import LEDGER_FILE, Ledger, LedgerError
@@ -24,16 +22,6 @@ from misentry.verify.verifier import Verdict, verify
 
 N = 12
 KEY = b"owner secret"
-
-
-@pytest.fixture(scope="module")
-def record(digits_record: Record) -> Record:
-    return digits_record
-
-
-@pytest.fixture(scope="module")
-def target(record: Record) -> nn.Module:
-    return model_from_record(record)
 
 
 @pytest.fixture

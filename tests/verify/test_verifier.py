@@ -16,25 +16,13 @@ from torch import nn
 from misentry.data import get_dataset, to_unit
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.models import (
-    Record,
     last_linear,
-    model_from_record,
     predict,
 )
 from misentry.verify.oracle import LabelOracle, ModuleOracle, OracleError
 from misentry.verify.verifier import Mismatch, Verdict, VerifyError, verify
 
 N = 24
-
-
-@pytest.fixture(scope="module")
-def record(digits_record: Record) -> Record:
-    return digits_record
-
-
-@pytest.fixture(scope="module")
-def target(record: Record) -> nn.Module:
-    return model_from_record(record)
 
 
 @pytest.fixture(scope="module")

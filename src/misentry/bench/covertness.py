@@ -12,10 +12,7 @@ fingerprints next to their sources with their amplified differences.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from misentry.atomic import write_bytes_atomic
 from misentry.data import ImageSet, to_unit
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.fingerprint.stats import entropy
@@ -245,7 +243,7 @@ def example_grid(
     figure.suptitle(f"fingerprint | source | difference x{gain:g}", fontsize=9)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None}, bbox_inches="tight")
-    return _write_bytes_atomic(Path(path), buffer.getvalue())
+    return write_bytes_atomic(Path(path), buffer.getvalue())
 
 
 def _unit_images(images: ImageSet | torch.Tensor) -> torch.Tensor:
@@ -286,21 +284,3 @@ def _method_row(
     if mosaic.shape[2] < full_width:
         mosaic = torch.cat([mosaic, torch.ones(c, h, full_width - mosaic.shape[2])], dim=2)
     return np.ascontiguousarray(mosaic.permute(1, 2, 0).numpy())
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Like :func:`misentry.atomic.write_text_atomic`, for bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
