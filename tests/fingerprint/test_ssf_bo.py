@@ -15,7 +15,7 @@ from misentry.fingerprint.ssf_bo import SsfBo, SsfBoParams
 from misentry.models import predict
 from misentry.models.train import evaluation
 
-SMALL = SsfBoParams(latent=4, hidden=64, ae_epochs=15, iterations=15, candidates=128)
+SMALL = SsfBoParams(latent=4, ae_hidden=64, ae_epochs=15, iterations=15, candidates=128)
 N = 10
 
 
@@ -99,7 +99,7 @@ def test_fingerprints_lie_on_the_lattice_and_codes_in_the_box(
 
 
 def test_same_seed_same_fingerprints(target: nn.Module, sources: ImageSet, pools: Pools) -> None:
-    params = SsfBoParams(latent=3, hidden=32, ae_epochs=3, iterations=4, candidates=32)
+    params = SsfBoParams(latent=3, ae_hidden=32, ae_epochs=3, iterations=4, candidates=32)
     runs = [
         SsfBo(params).generate(target, sources, n=4, seed=seed, context=SearchContext(pools=pools))
         for seed in (1, 1, 2)

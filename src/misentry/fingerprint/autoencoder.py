@@ -54,6 +54,44 @@ class AutoencoderParams:
             raise ValueError(f"AutoencoderParams: {'; '.join(problems)}")
 
 
+@dataclass(frozen=True)
+class LatentSearchParams:
+    """The autoencoder fields of a latent-space generator's parameters (PublicCheck, SSF-BO),
+    flat so that ``--set ae_epochs=20`` reaches them; :attr:`autoencoder` assembles them.
+
+    Attributes:
+    latent, ae_hidden, ae_epochs, ae_batch_size, ae_lr, ae_beta: the
+        :class:`AutoencoderParams` ``latent``, ``hidden``, ``epochs``, ``batch_size``, ``lr``,
+        ``beta``; the autoencoder is trained on the owner's ``owner_train`` pool.
+    """
+
+    latent: int = 16
+    ae_hidden: int = 256
+    ae_epochs: int = 50
+    ae_batch_size: int = 128
+    ae_lr: float = 1e-3
+    ae_beta: float = 1.0
+
+    @property
+    def autoencoder(self) -> AutoencoderParams:
+        return AutoencoderParams(
+            latent=self.latent,
+            hidden=self.ae_hidden,
+            epochs=self.ae_epochs,
+            batch_size=self.ae_batch_size,
+            lr=self.ae_lr,
+            beta=self.ae_beta,
+        )
+
+    def autoencoder_problems(self) -> list[str]:
+        """What is wrong with the autoencoder fields (empty when nothing is)."""
+        try:
+            _ = self.autoencoder
+        except ValueError as err:
+            return [str(err).removeprefix("AutoencoderParams: ")]
+        return []
+
+
 class Autoencoder(nn.Module):
     """MLP VAE for images of one shape (C, H, W), pixels in [0, 1]."""
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from misentry.data import ImageSet, to_pixels, to_unit
-from misentry.fingerprint.autoencoder import Autoencoder, AutoencoderParams, owner_autoencoder
+from misentry.fingerprint.autoencoder import Autoencoder, LatentSearchParams, owner_autoencoder
 from misentry.fingerprint.base import GenerationError, Generator, SearchContext, on_lattice
 from misentry.fingerprint.natural import draw_sources
 from misentry.verify.oracle import ModuleOracle
@@ -22,7 +22,7 @@ of digits near 50; a bracket that still exceeds ``delta`` then is reported as it
 
 
 @dataclass(frozen=True)
-class PublicCheckParams:
+class PublicCheckParams(LatentSearchParams):
     """Attributes:
     grid: points of the coarse scan of the latent path, both ends included (>= 2).
     delta: the largest latent length of a pair's bracket, in latent units (absolute: the VAE's
@@ -31,21 +31,14 @@ class PublicCheckParams:
     augment: latent jitters drawn per side of each pair; a jitter is kept only if the target
         gives it its side's label and it differs from its side's image on the 8-bit lattice.
     jitter: standard deviation of a jitter, in latent units.
-    latent, ae_hidden, ae_epochs, ae_batch_size, ae_lr, ae_beta: the autoencoder's
-        :class:`~misentry.fingerprint.autoencoder.AutoencoderParams` (``latent``, ``hidden``,
-        ``epochs``, ``batch_size``, ``lr``, ``beta``), trained on the owner's ``owner_train``.
+    The autoencoder's fields are those of
+    :class:`~misentry.fingerprint.autoencoder.LatentSearchParams`.
     """
 
     grid: int = 16
     delta: float = 0.01
     augment: int = 1
     jitter: float = 0.1
-    latent: int = 16
-    ae_hidden: int = 256
-    ae_epochs: int = 50
-    ae_batch_size: int = 128
-    ae_lr: float = 1e-3
-    ae_beta: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -57,23 +50,9 @@ class PublicCheckParams:
             problems.append(f"augment must be >= 0, not {self.augment}")
         if not self.jitter > 0:
             problems.append(f"jitter must be positive, not {self.jitter}")
-        try:
-            _ = self.autoencoder
-        except ValueError as err:
-            problems.append(str(err).removeprefix("AutoencoderParams: "))
+        problems += self.autoencoder_problems()
         if problems:
             raise ValueError(f"PublicCheckParams: {'; '.join(problems)}")
-
-    @property
-    def autoencoder(self) -> AutoencoderParams:
-        return AutoencoderParams(
-            latent=self.latent,
-            hidden=self.ae_hidden,
-            epochs=self.ae_epochs,
-            batch_size=self.ae_batch_size,
-            lr=self.ae_lr,
-            beta=self.ae_beta,
-        )
 
 
 class LatticeOracle:

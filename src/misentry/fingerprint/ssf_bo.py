@@ -15,7 +15,7 @@ from sklearn.gaussian_process.kernels import RBF, ConstantKernel
 from torch import nn
 
 from misentry.data import ImageSet
-from misentry.fingerprint.autoencoder import Autoencoder, AutoencoderParams, owner_autoencoder
+from misentry.fingerprint.autoencoder import Autoencoder, LatentSearchParams, owner_autoencoder
 from misentry.fingerprint.base import GenerationError, Generator, SearchContext, on_lattice
 from misentry.fingerprint.natural import draw_sources
 from misentry.fingerprint.ssf import last_layer_sensitivity
@@ -27,13 +27,10 @@ deterministic, this only keeps the Cholesky factor stable when two codes lie clo
 
 
 @dataclass(frozen=True)
-class SsfBoParams:
-    """Attributes:
-    latent: latent dimension d of the VAE, the dimension of the BO search space.
-    hidden: width of the VAE's hidden layers.
-    ae_epochs: VAE training epochs over the owner's ``owner_train`` pool.
-    ae_batch_size: VAE training batch size.
-    ae_lr: VAE Adam learning rate.
+class SsfBoParams(LatentSearchParams):
+    """Attributes (besides the autoencoder's, of
+    :class:`~misentry.fingerprint.autoencoder.LatentSearchParams`; ``latent`` is the dimension
+    d of the BO search space):
     bound: the search box is ``[-bound, bound]^d`` in latent units.
     iterations: BO steps per fingerprint after the ``d + 1`` initial points.
     kappa: UCB weight of the GP's standard deviation (``mean + kappa * std``).
@@ -45,11 +42,6 @@ class SsfBoParams:
     local_std: standard deviation of those local draws, in latent units.
     """
 
-    latent: int = 16
-    hidden: int = 256
-    ae_epochs: int = 50
-    ae_batch_size: int = 128
-    ae_lr: float = 1e-3
     bound: float = 3.0
     iterations: int = 60
     kappa: float = 1.0
@@ -60,13 +52,12 @@ class SsfBoParams:
     local_std: float = 0.5
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("latent", "hidden", "ae_epochs", "ae_batch_size", "candidates"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, not {getattr(self, name)}")
+        problems = self.autoencoder_problems()
+        if self.candidates < 1:
+            problems.append(f"candidates must be >= 1, not {self.candidates}")
         if self.iterations < 0:
             problems.append(f"iterations must be >= 0, not {self.iterations}")
-        for name in ("ae_lr", "bound", "variance", "lengthscale", "local_std"):
+        for name in ("bound", "variance", "lengthscale", "local_std"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive, not {getattr(self, name)}")
         if self.kappa < 0:
@@ -75,16 +66,6 @@ class SsfBoParams:
             problems.append(f"local_share must be in [0, 1], not {self.local_share}")
         if problems:
             raise ValueError(f"SsfBoParams: {'; '.join(problems)}")
-
-    @property
-    def autoencoder(self) -> AutoencoderParams:
-        return AutoencoderParams(
-            latent=self.latent,
-            hidden=self.hidden,
-            epochs=self.ae_epochs,
-            batch_size=self.ae_batch_size,
-            lr=self.ae_lr,
-        )
 
     @property
     def n_init(self) -> int:
