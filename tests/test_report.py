@@ -214,3 +214,21 @@ def test_other_experiments_plot_their_field(
     assert [line[-1] for line in table[1:]] == ["0.5", "2.5", "1.5"]  # by method, variant
     assert page.read_text().count("data:image/png;base64,") == plots
     assert "detection" in md.read_text().rsplit("## Not in this run", 1)[1]
+
+
+def test_measurement_sections_list_their_values_without_rate_columns(tmp_path: Path) -> None:
+    from misentry.bench.results import measurement_row
+
+    rows = [
+        *detection_rows("mnist5k", "ssf", 10, {"backdoor": [2]}, [1]),
+        measurement_row("covertness", "mnist5k", "ssf", 10, {"auc_confidence": 0.8831}),
+        measurement_row("cost", "mnist5k", "ssf", 10, {"seconds_per_fingerprint": 0.027}),
+    ]
+    write_results(rows, tmp_path)
+    md, _ = build_report(tmp_path)
+    text = md.read_text()
+    covert = text[text.index("## Covertness") : text.index("## Cost")]
+    assert "| method | variant | auc_confidence |" in covert
+    assert "0.8831" in covert
+    assert "rate (%)" not in covert
+    assert "0.027" in text[text.index("## Cost") :]

@@ -14,6 +14,7 @@ from misentry.bench.results import (
     COLUMNS,
     ResultRow,
     detection_rows,
+    measurement_row,
     read_results,
     write_results,
 )
@@ -85,3 +86,16 @@ def test_other_files_and_versions_are_refused_with_the_reason(tmp_path: Path) ->
     path.write_text("{")
     with pytest.raises(ValueError, match="cannot read"):
         read_results(path)
+
+
+def test_measurement_rows_have_no_rate_and_round_trip(tmp_path: Path) -> None:
+    row = measurement_row("covertness", "mnist5k", "ssf", 100, {"auc_confidence": 0.88})
+    assert (row.detection_rate, row.ci_low, row.ci_high) == (None, None, None)
+    write_results([row], tmp_path)
+    assert read_results(tmp_path) == [row]
+    with (tmp_path / "results.csv").open() as fh:
+        first = next(csv.DictReader(fh))
+    assert first["detection_rate"] == ""
+    assert first["extra.auc_confidence"] == "0.88"
+    with pytest.raises(ValueError, match="all set or all None"):
+        ResultRow("cost", "d", "m", "-", 1, 0.5, None, None, 1, 10)

@@ -241,9 +241,7 @@ def _best(
     for method in methods:
         at = [cell.get((method, variant, ns)) for ns in TABLE_NS]
         if at[0] is not None:
-            scores[method] = tuple(
-                sign * round(100 * r.detection_rate, 1) if r else -math.inf for r in at
-            )
+            scores[method] = tuple(sign * round(100 * _rate(r), 1) if r else -math.inf for r in at)
     if len(set(scores.values())) < 2:
         return set()
     top = max(scores.values())
@@ -258,7 +256,7 @@ def _detection_plot(
     for row in rows:
         members[variant_family(row.variant)].add(row.variant)
         if row.ns <= PLOT_NS_MAX:
-            curves[(variant_family(row.variant), row.method)][row.ns].append(row.detection_rate)
+            curves[(variant_family(row.variant), row.method)][row.ns].append(_rate(row))
     families = [f for f in FAMILIES if any((f, m) in curves for m in methods)]
     if not families:
         return None
@@ -286,15 +284,15 @@ def _generic(
     experiment: str, rows: Sequence[ResultRow], colors: dict[str, str]
 ) -> tuple[Block, ...]:
     keys = sorted({k for r in rows for k in r.extra})
-    header = ("method", "variant", "N_S", "rate (%)", "95 % interval (%)", *keys)
+    rated = any(r.detection_rate is not None for r in rows)  # cost, covertness: no rate
+    rate_header = ("N_S", "rate (%)", "95 % interval (%)") if rated else ()
+    header = ("method", "variant", *rate_header, *keys)
     ordered = sorted(rows, key=lambda r: (r.method, r.variant, r.ns, _sort_key(r.extra)))
     body = tuple(
         (
             Cell(r.method),
             Cell(r.variant),
-            Cell(str(r.ns)),
-            Cell(_pct(r.detection_rate)),
-            Cell(_interval(r)),
+            *((Cell(str(r.ns)), Cell(_pct(r.detection_rate)), Cell(_interval(r))) if rated else ()),
             *(Cell(_value(r.extra.get(k))) for k in keys),
         )
         for r in ordered
@@ -315,7 +313,11 @@ def _generic(
 def _line_plot(rows: Sequence[ResultRow], x_field: str, colors: dict[str, str]) -> bytes | None:
     """One line per method (per method and N_S when a method has several), the mean rate at
     each value of ``extra[x_field]``; None when no row has a number there."""
-    usable = [r for r in rows if _number(r.extra.get(x_field)) is not None]
+    usable = [
+        r
+        for r in rows
+        if _number(r.extra.get(x_field)) is not None and r.detection_rate is not None
+    ]
     if not usable:
         return None
     ns_of: dict[str, set[int]] = defaultdict(set)
@@ -325,7 +327,7 @@ def _line_plot(rows: Sequence[ResultRow], x_field: str, colors: dict[str, str]) 
     for row in usable:
         x = _number(row.extra[x_field])
         assert x is not None
-        lines[(row.method, row.ns)][x].append(row.detection_rate)
+        lines[(row.method, row.ns)][x].append(_rate(row))
 
     def draw(ax: Axes, _: str) -> None:
         for (method, ns), points in sorted(lines.items()):
@@ -341,7 +343,11 @@ def _line_plot(rows: Sequence[ResultRow], x_field: str, colors: dict[str, str]) 
 
 
 def _scatter_plot(rows: Sequence[ResultRow], x_field: str, colors: dict[str, str]) -> bytes | None:
-    usable = [r for r in rows if _number(r.extra.get(x_field)) is not None]
+    usable = [
+        r
+        for r in rows
+        if _number(r.extra.get(x_field)) is not None and r.detection_rate is not None
+    ]
     if not usable:
         return None
 
@@ -349,7 +355,7 @@ def _scatter_plot(rows: Sequence[ResultRow], x_field: str, colors: dict[str, str
         for method in _unique(r.method for r in usable):
             mine = [r for r in usable if r.method == method]
             xs = [float(r.extra[x_field]) for r in mine]
-            ys = [r.detection_rate for r in mine]
+            ys = [_rate(r) for r in mine]
             ax.scatter(xs, ys, color=colors[method], label=_tex_safe(method))
         ax.set_xlabel(x_field)
         ax.set_ylabel("detection rate")
@@ -494,11 +500,20 @@ def _span(values: Iterable[int]) -> str:
     return str(found[0]) if len(found) == 1 else f"{found[0]}–{found[-1]}"
 
 
-def _pct(rate: float) -> str:
-    return f"{100 * rate:.1f}"
+def _rate(row: ResultRow) -> float:
+    """The row's detection rate (rows that reach a plot or a detection table have one)."""
+    if row.detection_rate is None:
+        raise ValueError(f"report: row {row.key} has no detection rate")
+    return row.detection_rate
+
+
+def _pct(rate: float | None) -> str:
+    return "–" if rate is None else f"{100 * rate:.1f}"
 
 
 def _interval(row: ResultRow) -> str:
+    if row.ci_low is None or row.ci_high is None:
+        return "–"
     return f"{_pct(row.ci_low)}–{_pct(row.ci_high)}"
 
 

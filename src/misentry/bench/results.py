@@ -51,8 +51,9 @@ class ResultRow:
             the paper's).
         variant: the BIVBench variant slug (``identity`` for the control).
         ns: fingerprints per check (N_S).
-        detection_rate: mean over instances of the exact expected detection rate.
-        ci_low, ci_high: 95 % interval of that mean.
+        detection_rate: mean over instances of the exact expected detection rate; None for
+            rows that measure something else (``covertness``, ``cost``: see ``extra``).
+        ci_low, ci_high: 95 % interval of that mean (None exactly when the rate is).
         n_instances: instances averaged.
         n_fingerprints: fingerprints in the bundle (N).
         extra: experiment-specific values (JSON scalars).
@@ -63,9 +64,9 @@ class ResultRow:
     method: str
     variant: str
     ns: int
-    detection_rate: float
-    ci_low: float
-    ci_high: float
+    detection_rate: float | None
+    ci_low: float | None
+    ci_high: float | None
     n_instances: int
     n_fingerprints: int
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -74,12 +75,16 @@ class ResultRow:
         problems = []
         if self.ns < 1 or self.ns > self.n_fingerprints:
             problems.append(f"ns {self.ns} outside [1, n_fingerprints={self.n_fingerprints}]")
-        for name in ("detection_rate", "ci_low", "ci_high"):
-            value = getattr(self, name)
-            if not (isinstance(value, float | int) and 0.0 <= value <= 1.0):
-                problems.append(f"{name} {value!r} outside [0, 1]")
-        if not problems and not self.ci_low <= self.detection_rate <= self.ci_high:
-            problems.append("the interval must hold the rate")
+        rate, low, high = self.detection_rate, self.ci_low, self.ci_high
+        if rate is None or low is None or high is None:
+            if (rate, low, high) != (None, None, None):
+                problems.append("detection_rate, ci_low and ci_high are all set or all None")
+        else:
+            for name, value in (("detection_rate", rate), ("ci_low", low), ("ci_high", high)):
+                if not (isinstance(value, float | int) and 0.0 <= value <= 1.0):
+                    problems.append(f"{name} {value!r} outside [0, 1]")
+            if not problems and not low <= rate <= high:
+                problems.append("the interval must hold the rate")
         if self.n_instances < 1:
             problems.append(f"n_instances must be >= 1, not {self.n_instances}")
         if problems:
@@ -186,3 +191,18 @@ def _cell(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, sort_keys=True)
     return str(value)
+
+
+def measurement_row(
+    experiment: str,
+    dataset: str,
+    method: str,
+    n_fingerprints: int,
+    extra: Mapping[str, Any],
+    variant: str = "-",
+) -> ResultRow:
+    """A row of an experiment that measures something other than a detection rate (a bundle's
+    covertness, its cost): no rate, the values in ``extra``."""
+    return ResultRow(
+        experiment, dataset, method, variant, 1, None, None, None, 1, n_fingerprints, dict(extra)
+    )
