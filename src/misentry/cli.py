@@ -34,6 +34,7 @@ are read from a folder you give with --root.
 EPILOG = """\
 examples:
   misentry demo                            the main job on mnist5k, start to finish
+  misentry bench --preset digits-smoke --out runs/smoke    benchmark, results and report
   misentry data list                       datasets and where they come from
   misentry data show mnist5k               pool sizes of one dataset
   misentry models list                     architectures
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     from misentry.cli_report import add_report
 
     add_report(verbs, _verb)
+    from misentry.cli_bench import add_bench
+
+    add_bench(verbs, _verb)
     return parser
 
 

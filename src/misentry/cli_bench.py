@@ -1,0 +1,170 @@
+"""The ``misentry bench`` verb: run a benchmark preset end to end and print its detection table.
+
+Kept apart from :mod:`misentry.cli` and wired in there with :func:`add_bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+from misentry.cli_verbs import MakeVerb, Verbs
+
+if TYPE_CHECKING:
+    from misentry.bench.results import ResultRow
+
+EXECUTORS = ("local", "process", "ray")
+"""Where jobs run; only ``local`` (one after another in this process) exists so far."""
+
+BENCH_DESCRIPTION = """\
+Run a benchmark preset end to end: train the target, build the BIVBench instances, generate one
+fingerprint bundle per method, count how many fingerprints each instance labels differently,
+and write results.json, results.csv and the report (report.md, report.html) to --out/results.
+
+Every step is a job in --out/jobs/, named by a hash of its configuration: a rerun reuses every
+finished job, and a run that was stopped resumes where it was. The options below override the
+preset's fields.
+
+presets:
+  digits-smoke     the 8x8 digits, a 3-epoch target, natural/noise/misentry (cheap settings),
+                   3 variants, 1 instance, 20 fingerprints: seconds, for checking an install
+  mnist5k          the embedded mnist5k with LeNet-5, all methods, all variants, 10 instances,
+                   100 fingerprints
+  cifar10-paper    CIFAR-10 with ResNet-20, read from --data-dir
+  gtsrb-paper      GTSRB, read from --data-dir
+  imagenet-paper   ImageNet-1k with DenseNet-121, read from --data-dir
+"""
+
+BENCH_EPILOG = """\
+examples:
+  misentry bench --preset digits-smoke --out runs/smoke
+  misentry bench --preset mnist5k --methods natural,misentry --instances 3 --out runs/bench
+  misentry bench --preset cifar10-paper --data-dir data/cifar10 --out runs/cifar10
+"""
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def add_bench(verbs: Verbs, make_verb: MakeVerb) -> argparse.ArgumentParser:
+    """Add ``misentry bench`` to ``verbs``; returns its parser."""
+    bench = make_verb(
+        verbs,
+        "bench",
+        "run a benchmark preset end to end (resumable) and print the detection table",
+        _bench,
+        description=BENCH_DESCRIPTION,
+    )
+    bench.epilog = BENCH_EPILOG
+    bench.add_argument("--preset", required=True, help="the preset (listed above)")
+    bench.add_argument("--methods", type=_names, help="methods, comma-separated (override)")
+    bench.add_argument("--variants", help="'all' or variant slugs, comma-separated (override)")
+    bench.add_argument("--instances", type=int, help="instances per variant (override)")
+    bench.add_argument("--n-fingerprints", type=int, help="fingerprints per bundle (override)")
+    bench.add_argument("--ns", type=_numbers, help="N_S values of the table, e.g. 1,5 (override)")
+    bench.add_argument("--seed", type=int, default=0, help="fingerprint generation seed")
+    bench.add_argument("--data-dir", type=Path, help="dataset folder, for datasets read from disk")
+    bench.add_argument(
+        "--executor", choices=EXECUTORS, default="local", help="where jobs run (default local)"
+    )
+    bench.add_argument("--out", type=Path, required=True, help="run folder (created or resumed)")
+    return bench
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+def _numbers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from misentry.bench.presets import get_preset
+    from misentry.bench.results import read_results
+    from misentry.bench.runner import resolve, run_bench
+
+    if args.executor != "local":
+        raise ValueError(
+            f"--executor {args.executor} is not implemented yet; use --executor local "
+            "(jobs run one after another in this process)"
+        )
+    preset = resolve(
+        get_preset(args.preset),
+        methods=args.methods,
+        variants=args.variants,
+        instances=args.instances,
+        n_fingerprints=args.n_fingerprints,
+        ns=args.ns,
+    )
+    preset.check_data_dir(args.data_dir)
+    with Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    ) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        results = run_bench(
+            preset, args.out, root=args.data_dir, seed=args.seed, progress=on_progress
+        )
+    rows = [r for r in read_results(results) if r.experiment == "detection" and r.ns in preset.ns]
+    console.print(_detection_table(rows, preset.methods, preset.ns, preset.name))
+    console.print(f"report: {results / 'report.md'} and {results / 'report.html'}")
+    return 0
+
+
+def _detection_table(
+    rows: Sequence[ResultRow], methods: tuple[str, ...], ns_values: tuple[int, ...], name: str
+) -> Table:
+    """Rows: variants (the identity control last); one column per method, each cell the rates
+    at every N_S of ``ns_values`` (n/a: no such row, e.g. N_S above the bundle's N)."""
+    cells = {(row.method, row.variant, row.ns): row for row in rows}
+    variants = sorted({variant for _, variant, _ in cells}, key=lambda v: (v == "identity", v))
+    at = "/".join(map(str, ns_values))
+    table = Table(title=f"detection rate at N_S = {at}, {name} (mean over instances)")
+    table.add_column("variant", no_wrap=True)
+    table.add_column("inst.", justify="right")
+    for method in methods:
+        table.add_column(f"{method}\nDR@{at}", justify="right")
+    for variant in variants:
+        counts = {row.n_instances for (_, v, _), row in cells.items() if v == variant}
+        values = []
+        for method in methods:
+            rates = [cells.get((method, variant, ns)) for ns in ns_values]
+            values.append(" ".join(_rate(row.detection_rate if row else None) for row in rates))
+        table.add_row(variant, "/".join(map(str, sorted(counts))), *values)
+    return table
+
+
+def _rate(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.3f}"

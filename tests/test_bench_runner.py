@@ -1,0 +1,208 @@
+"""The benchmark runner: the digits-smoke preset end to end, its resume, and ``misentry bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from misentry.bench.presets import PRESETS, Preset, get_preset
+from misentry.bench.results import read_results
+from misentry.bench.runner import JOB_FILE, run_bench
+from misentry.cli import _verb
+from misentry.cli_bench import add_bench
+from misentry.data import get_dataset
+from misentry.fingerprint.registry import METHODS
+from misentry.tamper.registry import select
+
+SMOKE = PRESETS["digits-smoke"]
+
+
+@dataclass
+class Run:
+    out: Path
+    results: Path
+    seconds: float
+    stages: list[tuple[str, int, int]]
+
+    @property
+    def jobs(self) -> list[dict[str, object]]:
+        jobs: list[dict[str, object]] = json.loads((self.out / "run.json").read_text())["jobs"]
+        return jobs
+
+
+def run(
+    preset: Preset,
+    out: Path,
+    methods: tuple[str, ...] | None = None,
+    n_fingerprints: int | None = None,
+) -> Run:
+    stages: list[tuple[str, int, int]] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        stages.append((stage, done, total))
+
+    started = time.perf_counter()
+    results = run_bench(
+        preset, out, methods=methods, n_fingerprints=n_fingerprints, progress=progress
+    )
+    return Run(out, results, time.perf_counter() - started, stages)
+
+
+def markers(out: Path) -> dict[Path, int]:
+    """Every finished job's marker with its modification time (ns)."""
+    return {path: path.stat().st_mtime_ns for path in out.rglob(JOB_FILE)}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return run(SMOKE, tmp_path_factory.mktemp("smoke"))
+
+
+def test_smoke_results_hold_every_method_variant_and_ns(smoke: Run) -> None:
+    rows = [r for r in read_results(smoke.results) if r.experiment == "detection"]
+    cells = {(r.method, r.variant, r.ns): r for r in rows}
+    variants = [v.slug for v in select(SMOKE.variant_spec)]
+    assert "identity" in variants
+    for method in SMOKE.methods:
+        for variant in variants:
+            for ns in SMOKE.ns:
+                row = cells[(method, variant, ns)]
+                assert row.n_fingerprints == SMOKE.n_fingerprints == 20
+                assert row.n_instances == SMOKE.instances
+                if variant == "identity":
+                    assert row.detection_rate == 0.0  # the control is never flagged
+    # MiSentry's fingerprints catch a tampering the unmodified images miss
+    tampered = [v for v in variants if v != "identity"]
+    assert max(cells[("misentry", v, 5)].detection_rate or 0.0 for v in tampered) > 0.5
+    experiments = {(r.experiment, r.method) for r in read_results(smoke.results)}
+    for method in SMOKE.methods:
+        assert {("cost", method), ("covertness", method)} <= experiments
+
+
+def test_smoke_writes_the_report_and_reports_progress_per_stage(smoke: Run) -> None:
+    assert "detection" in (smoke.results / "report.md").read_text().lower()
+    assert (smoke.results / "report.html").stat().st_size > 1000
+    assert (smoke.results / "results.csv").is_file()
+    finals = {stage: (done, total) for stage, done, total in smoke.stages}
+    for stage in ("target", "instances", "fingerprints", "evaluation", "results"):
+        done, total = finals[stage]
+        assert done == total > 0
+    assert all(job["status"] == "ran" for job in smoke.jobs)
+
+
+def test_a_rerun_reuses_every_job(smoke: Run) -> None:
+    before = markers(smoke.out)
+    again = run(SMOKE, smoke.out)
+    assert again.results == smoke.results
+    assert [job["status"] for job in again.jobs] == ["reused"] * len(smoke.jobs)
+    assert markers(smoke.out) == before  # nothing rewritten
+    assert not [stage for stage, _, _ in again.stages if ":" in stage]  # nothing generated
+    assert again.seconds < smoke.seconds / 5
+
+
+def test_a_killed_run_resumes_with_the_unfinished_jobs_only(smoke: Run, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "resumed"
+    shutil.copytree(smoke.out, out)
+    bundle = next(path for path in markers(out) if path.parent.name.startswith("bundle-"))
+    bundle.unlink()  # as if the run was killed before this bundle's job finished
+    resumed = run(SMOKE, out)
+    ran = [job["job"] for job in resumed.jobs if job["status"] == "ran"]
+    assert ran == [bundle.parent.name]  # its bundle is identical, so its evaluation is reused
+
+
+def test_changed_overrides_make_new_jobs_and_reuse_the_rest(smoke: Run, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "fewer"
+    shutil.copytree(smoke.out, out)
+    fewer = run(SMOKE, out, methods=("natural", "misentry"), n_fingerprints=10)
+    status: dict[object, set[object]] = {}
+    for job in fewer.jobs:
+        status.setdefault(job["stage"], set()).add(job["status"])
+    assert status["target"] == status["instance"] == {"reused"}
+    assert status["bundle"] == status["evaluation"] == {"ran"}
+    methods = {r.method for r in read_results(fewer.results)}
+    assert methods == {"natural", "misentry"}
+    assert {r.n_fingerprints for r in read_results(fewer.results)} == {10}
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, p in PRESETS.items() if get_dataset(p.dataset).needs_root]
+)
+def test_folder_presets_fail_clearly_without_a_data_dir(name: str, tmp_path: Path) -> None:
+    preset = get_preset(name)
+    with pytest.raises(
+        ValueError, match=rf"preset {name} reads {preset.data_label} from --data-dir; none given"
+    ):
+        run_bench(preset, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_names_registered_methods_and_variants(name: str) -> None:
+    preset = PRESETS[name]
+    assert set(preset.methods) <= set(METHODS)
+    assert select(preset.variant_spec)
+    assert preset.target_config.architecture
+    assert max(preset.ns) <= preset.n_fingerprints
+    if get_dataset(preset.dataset).input_shape[0] != 1:
+        assert "ssf_bo" not in preset.methods  # its autoencoder takes 1-channel images only
+
+
+def test_mnist5k_preset_runs_every_method_and_variant() -> None:
+    preset = PRESETS["mnist5k"]
+    assert preset.methods == tuple(METHODS)
+    assert len(select(preset.variant_spec)) == len(select("all"))
+    assert (preset.instances, preset.n_fingerprints, preset.ns) == (10, 100, (1, 5))
+
+
+def test_a_preset_refuses_unknown_methods_and_impossible_ns() -> None:
+    with pytest.raises(ValueError, match="unknown methods"):
+        Preset(name="bad", dataset="digits", methods=("nope",))
+    with pytest.raises(ValueError, match="N_S"):
+        Preset(name="bad", dataset="digits", n_fingerprints=5, ns=(10,))
+    with pytest.raises(KeyError, match="digits-smoke"):
+        get_preset("nope")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser()
+    add_bench(root.add_subparsers(), _verb)
+    return root
+
+
+def test_cli_prints_the_detection_table_and_the_report_path(
+    smoke: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parser().parse_args(["bench", "--preset", "digits-smoke", "--out", str(smoke.out)])
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    assert "DR@1/5" in out
+    for method in SMOKE.methods:
+        assert method in out
+    identity = next(line for line in out.splitlines() if "identity" in line)
+    assert identity.count("0.000") == len(SMOKE.methods) * len(SMOKE.ns)
+    assert str(smoke.results / "report.md") in out
+
+
+@pytest.mark.parametrize("executor", ["process", "ray"])
+def test_cli_other_executors_are_not_implemented_yet(executor: str, tmp_path: Path) -> None:
+    args = parser().parse_args(
+        ["bench", "--preset", "digits-smoke", "--executor", executor, "--out", str(tmp_path)]
+    )
+    with pytest.raises(ValueError, match=f"--executor {executor} is not implemented yet"):
+        args.handler(args)
+
+
+def test_cli_paper_preset_without_data_dir_fails_before_any_work(tmp_path: Path) -> None:
+    args = parser().parse_args(["bench", "--preset", "cifar10-paper", "--out", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="reads CIFAR-10 from --data-dir; none given"):
+        args.handler(args)
+    assert not (tmp_path / "o").exists()
