@@ -670,15 +670,7 @@ def _fraction(text: str) -> float:
 
 
 def _fingerprint(args: argparse.Namespace) -> int:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskID,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
+    from misentry.cli_verbs import stage_bars
     from misentry.data import get_dataset
     from misentry.fingerprint.base import GenerationError, SearchContext
     from misentry.fingerprint.bundle import MANIFEST_FILE, load_key, save_bundle
@@ -720,21 +712,7 @@ def _fingerprint(args: argparse.Namespace) -> int:
     if profile is not None:
         manifest["profile"] = profile
     normal = pools["test"].x
-    with Progress(
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=args.json,
-    ) as progress:
-        tasks: dict[str, TaskID] = {}
-
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total)
-            progress.update(tasks[stage], completed=done, total=total)
-
+    with stage_bars(err_console, transient=args.json) as on_progress:
         context = SearchContext(normal=normal, pools=pools, record=record, progress=on_progress)
         try:
             fps = generator.generate(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from misentry.cli_verbs import MakeVerb, Verbs
+from misentry.cli_verbs import MakeVerb, Verbs, stage_bars
 
 if TYPE_CHECKING:
     from misentry.bench.results import ResultRow
@@ -93,15 +93,6 @@ def _numbers(text: str) -> tuple[int, ...]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskID,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     from misentry.bench.presets import get_preset
     from misentry.bench.results import read_results
     from misentry.bench.runner import resolve, run_bench
@@ -120,20 +111,7 @@ def _bench(args: argparse.Namespace) -> int:
         ns=args.ns,
     )
     preset.check_data_dir(args.data_dir)
-    with Progress(
-        TextColumn("{task.description:<24}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-    ) as progress:
-        tasks: dict[str, TaskID] = {}
-
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total)
-            progress.update(tasks[stage], completed=done, total=total)
-
+    with stage_bars(err_console, width=24) as on_progress:
         results = run_bench(
             preset, args.out, root=args.data_dir, seed=args.seed, progress=on_progress
         )

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol, TypeAlias
+
+from rich.console import Console
 
 Verbs: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
@@ -23,3 +26,35 @@ class MakeVerb(Protocol):
         handler: Handler | None = None,
         description: str | None = None,
     ) -> argparse.ArgumentParser: ...
+
+
+@contextmanager
+def stage_bars(
+    console: Console, *, width: int = 10, transient: bool = False
+) -> Iterator[Callable[[str, int, int], None]]:
+    """Rich progress bars, one per stage, driven by the ``progress(stage, done, total)``
+    callbacks of the library (``SearchContext.progress``, ``run_bench(progress=...)``)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (
+        TextColumn(f"{{task.description:<{width}}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=transient) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        yield on_progress
