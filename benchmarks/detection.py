@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from misentry.bench.covertness import covertness
 from misentry.bench.metrics import detection_rate, disagreements
-from misentry.bench.results import ResultRow, detection_rows, measurement_row, write_results
+from misentry.bench.results import ResultRow, write_results
+from misentry.bench.runner import bundle_rows
 from misentry.data import get_dataset
 from misentry.fingerprint.base import SearchContext
 from misentry.fingerprint.bundle import FingerprintSet, load_bundle, load_key, save_bundle
@@ -138,31 +138,16 @@ def result_rows(
     bundles: dict[str, FingerprintSet],
     d: dict[str, dict[str, list[int]]],
 ) -> list[ResultRow]:
-    """Detection rows (N_S 1..20) and a cost row for every bundle; with --target, a covertness
-    row too (the target's confidence on the fingerprints against its test pool)."""
-    rows: list[ResultRow] = []
-    normal = sources = target = None
+    """Each bundle's rows (:func:`misentry.bench.runner.bundle_rows`): detection for N_S 1..20,
+    cost and, with --target, covertness."""
+    target = pools = None
     if args.target is not None:
         target, record = load_model(args.target)
         pools = get_dataset(record.dataset).pools(record.data_seed)
-        normal, sources = pools["test"].x, pools["source"].x
+    rows: list[ResultRow] = []
     for name, fps in bundles.items():
-        m, n = fps.manifest, len(fps)
-        dataset = str(m.get("dataset", "?"))
-        rows += detection_rows(dataset, name, n, d[name], range(1, 21))
-        cost = {
-            "seconds_per_fingerprint": m.get("generation_seconds", float("nan")) / n,
-            "forward_per_fingerprint": (m.get("forward_passes", 0) + m.get("zoo_forward_passes", 0))
-            / n,
-            "backward_per_fingerprint": (
-                m.get("backward_passes", 0) + m.get("zoo_backward_passes", 0)
-            )
-            / n,
-        }
-        rows.append(measurement_row("cost", dataset, name, n, cost))
-        if target is not None and normal is not None:
-            measured = covertness(target, fps, normal, sources)
-            rows.append(measurement_row("covertness", dataset, name, n, measured.to_row_extra()))
+        dataset = str(fps.manifest.get("dataset", "?"))
+        rows += bundle_rows(dataset, name, fps, d[name], range(1, 21), target, pools)
     return rows
 
 

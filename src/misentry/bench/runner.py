@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -356,24 +356,37 @@ def result_rows(
     bundles: dict[str, FingerprintSet],
     d: dict[str, dict[str, list[int]]],
 ) -> list[ResultRow]:
-    """Detection rows (N_S 1..20 and the preset's), a cost row and a covertness row per method,
-    as benchmarks/detection.py writes them."""
+    """Detection rows (N_S 1..20 and the preset's), a cost row and a covertness row per method."""
     ns_values = sorted(set(RESULTS_NS) | set(preset.ns))
-    normal, sources = pools["test"].x, pools["source"].x
     rows: list[ResultRow] = []
     for method, fps in bundles.items():
-        m, n = fps.manifest, len(fps)
-        rows += detection_rows(preset.dataset, method, n, d[method], ns_values)
-        forward = m.get("forward_passes", 0) + m.get("zoo_forward_passes", 0)
-        backward = m.get("backward_passes", 0) + m.get("zoo_backward_passes", 0)
-        cost = {
-            "seconds_per_fingerprint": m.get("generation_seconds", float("nan")) / n,
-            "forward_per_fingerprint": forward / n,
-            "backward_per_fingerprint": backward / n,
-        }
-        rows.append(measurement_row("cost", preset.dataset, method, n, cost))
-        measured = covertness(target, fps, normal, sources)
-        rows.append(
-            measurement_row("covertness", preset.dataset, method, n, measured.to_row_extra())
-        )
+        rows += bundle_rows(preset.dataset, method, fps, d[method], ns_values, target, pools)
+    return rows
+
+
+def bundle_rows(
+    dataset: str,
+    method: str,
+    fps: FingerprintSet,
+    d_per_variant: dict[str, list[int]],
+    ns_values: Iterable[int],
+    target: torch.nn.Module | None = None,
+    pools: Pools | None = None,
+) -> list[ResultRow]:
+    """One bundle's rows: detection for each variant and N_S, its cost per fingerprint (seconds,
+    forward and backward passes, zoo included) and, given the target and its pools, its
+    covertness against the ``test`` pool."""
+    m, n = fps.manifest, len(fps)
+    rows = detection_rows(dataset, method, n, d_per_variant, ns_values)
+    forward = m.get("forward_passes", 0) + m.get("zoo_forward_passes", 0)
+    backward = m.get("backward_passes", 0) + m.get("zoo_backward_passes", 0)
+    cost = {
+        "seconds_per_fingerprint": m.get("generation_seconds", float("nan")) / n,
+        "forward_per_fingerprint": forward / n,
+        "backward_per_fingerprint": backward / n,
+    }
+    rows.append(measurement_row("cost", dataset, method, n, cost))
+    if target is not None and pools is not None:
+        measured = covertness(target, fps, pools["test"].x, pools["source"].x)
+        rows.append(measurement_row("covertness", dataset, method, n, measured.to_row_extra()))
     return rows
