@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from misentry.data import ImageSet, get_dataset
-from misentry.models import Record, TargetConfig, TrainConfig, train_target
+from misentry.models import Record, TargetConfig, TrainConfig, model_from_record, train_target
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -30,3 +31,15 @@ def digits_record() -> Record:
     """A LeNet-5-sized digits target, 3 epochs: quick, and good enough to fingerprint and
     verify (training is deterministic, so every test sees the same weights)."""
     return train_target(TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16)))
+
+
+@pytest.fixture(scope="module")
+def record(digits_record: Record) -> Record:
+    """The digits target's record (a test module may define its own ``record``)."""
+    return digits_record
+
+
+@pytest.fixture(scope="module")
+def target(record: Record) -> nn.Module:
+    """A fresh model of ``record`` per test module."""
+    return model_from_record(record)

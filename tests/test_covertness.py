@@ -15,12 +15,6 @@ from misentry.bench.covertness import covertness, example_grid
 from misentry.data import Pools, get_dataset, to_pixels
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.fingerprint.registry import get_method
-from misentry.models import Record, model_from_record
-
-
-@pytest.fixture(scope="module")
-def target(digits_record: Record) -> nn.Module:
-    return model_from_record(digits_record)
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,11 @@
-"""Shared fixtures of the fingerprint tests: a small digits target and its source pool."""
+"""Shared fixtures of the fingerprint tests: the digits source pool (the target is in
+tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-from torch import nn
 
 from misentry.data import ImageSet, get_dataset
-from misentry.models import Record, model_from_record
-
-
-@pytest.fixture(scope="module")
-def record(digits_record: Record) -> Record:
-    return digits_record
-
-
-@pytest.fixture(scope="module")
-def target(record: Record) -> nn.Module:
-    return model_from_record(record)
 
 
 @pytest.fixture(scope="module")

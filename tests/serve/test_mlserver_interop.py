@@ -29,11 +29,6 @@ NAME = "digits-target"
 
 
 @pytest.fixture(scope="module")
-def record(digits_record: Record) -> Record:
-    return digits_record
-
-
-@pytest.fixture(scope="module")
 def record_dir(record: Record, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_record(record, tmp_path_factory.mktemp("mlserver") / "target")
 

@@ -147,8 +147,18 @@ class ModuleOracle(LabelOracle):
     """An in-process ``nn.Module`` (e.g. from :func:`misentry.models.model_from_record`), run in
     eval mode without gradients on the images scaled to [0, 1]."""
 
-    def __init__(self, model: nn.Module, **kwargs: int | float | None) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_classes: int | None = None,
+        batch_size: int = 64,
+        budget: int | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        super().__init__(
+            num_classes=num_classes, batch_size=batch_size, budget=budget, deadline=deadline
+        )
         self.model = model
 
     def _query(self, images: torch.Tensor) -> torch.Tensor:
