@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,24 @@ def test_measurement_rows_have_no_rate_and_round_trip(tmp_path: Path) -> None:
     assert first["extra.auc_confidence"] == "0.88"
     with pytest.raises(ValueError, match="all set or all None"):
         ResultRow("cost", "d", "m", "-", 1, 0.5, None, None, 1, 10)
+
+
+def test_setting_tells_points_of_one_experiment_apart(tmp_path: Path) -> None:
+    rows = [
+        ResultRow(
+            "leakage", "d", "m", "backdoor", 5, 0.5, 0.4, 0.6, 2, 90, {"n_leaked": k}, f"n={k}"
+        )
+        for k in (0, 10)
+    ]
+    write_results(rows, tmp_path)
+    assert [r.setting for r in read_results(tmp_path)] == ["n=0", "n=10"]
+    with pytest.raises(ValueError, match="two rows"):
+        write_results([rows[0], rows[0]], tmp_path)
+
+
+def test_version_1_files_are_read_without_setting(tmp_path: Path) -> None:
+    row = ResultRow("detection", "d", "m", "v", 1, 0.5, 0.4, 0.6, 2, 10)
+    raw = {k: v for k, v in asdict(row).items() if k != "setting"}
+    document = {"format": "misentry-results", "version": 1, "rows": [raw]}
+    (tmp_path / "results.json").write_text(json.dumps(document))
+    assert read_results(tmp_path) == [row]

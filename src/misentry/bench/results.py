@@ -22,13 +22,15 @@ from misentry.atomic import write_text_atomic
 from misentry.bench.metrics import detection_rate
 
 FORMAT = "misentry-results"
-VERSION = 1
+VERSION = 2
+"""Version 2 added ``setting``; version 1 files are read with ``setting = ""``."""
 
 COLUMNS = (
     "experiment",
     "dataset",
     "method",
     "variant",
+    "setting",
     "ns",
     "detection_rate",
     "ci_low",
@@ -57,6 +59,9 @@ class ResultRow:
         n_instances: instances averaged.
         n_fingerprints: fingerprints in the bundle (N).
         extra: experiment-specific values (JSON scalars).
+        setting: which point of its experiment the row is, when one (method, variant, N_S)
+            has several: ``n_leaked=8`` (leakage), ``steps=50`` (sensitivity), the ablation's
+            configuration name, ``covertness=0.5`` (frontier); empty for the detection table.
     """
 
     experiment: str
@@ -70,6 +75,7 @@ class ResultRow:
     n_instances: int
     n_fingerprints: int
     extra: Mapping[str, Any] = field(default_factory=dict)
+    setting: str = ""
 
     def __post_init__(self) -> None:
         problems = []
@@ -91,8 +97,8 @@ class ResultRow:
             raise ValueError(f"ResultRow ({self.method}, {self.variant}): {'; '.join(problems)}")
 
     @property
-    def key(self) -> tuple[str, str, str, str, int]:
-        return (self.experiment, self.dataset, self.method, self.variant, self.ns)
+    def key(self) -> tuple[str, str, str, str, str, int]:
+        return (self.experiment, self.dataset, self.method, self.variant, self.setting, self.ns)
 
 
 def detection_rows(
@@ -103,6 +109,7 @@ def detection_rows(
     ns_values: Iterable[int],
     experiment: str = "detection",
     extra: Mapping[str, Any] | None = None,
+    setting: str = "",
 ) -> list[ResultRow]:
     """Rows of the detection table for one bundle: for each variant and each N_S (those above
     ``n_fingerprints`` are skipped: no such check exists), the mean exact expected detection rate
@@ -126,6 +133,7 @@ def detection_rows(
                     rate.instances,
                     n_fingerprints,
                     dict(extra or {}),
+                    setting,
                 )
             )
     return rows
@@ -133,7 +141,7 @@ def detection_rows(
 
 def write_results(rows: Sequence[ResultRow], out: Path | str) -> tuple[Path, Path]:
     """Write ``results.json`` and ``results.csv`` under ``out``; refuses duplicate keys."""
-    seen: dict[tuple[str, str, str, str, int], ResultRow] = {}
+    seen: dict[tuple[str, str, str, str, str, int], ResultRow] = {}
     for row in rows:
         if row.key in seen:
             raise ValueError(f"write_results: two rows for {row.key}")
@@ -157,14 +165,17 @@ def read_results(path: Path | str) -> list[ResultRow]:
         raise ValueError(f"read_results: cannot read {path}: {err}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f"read_results: {path} is not a misentry results file")
-    if document.get("version") != VERSION:
+    version = document.get("version")
+    if version not in (1, VERSION):
         raise ValueError(
-            f"read_results: {path} has format version {document.get('version')}; "
-            f"this misentry reads version {VERSION}"
+            f"read_results: {path} has format version {version}; "
+            f"this misentry reads versions 1 and {VERSION}"
         )
     names = {f.name for f in fields(ResultRow)}
     rows = []
     for i, raw in enumerate(document.get("rows", [])):
+        if isinstance(raw, dict) and version == 1:
+            raw = {**raw, "setting": ""}
         if not isinstance(raw, dict) or set(raw) != names:
             raise ValueError(f"read_results: row {i} of {path} does not have the row fields")
         rows.append(ResultRow(**raw))
@@ -200,9 +211,21 @@ def measurement_row(
     n_fingerprints: int,
     extra: Mapping[str, Any],
     variant: str = "-",
+    setting: str = "",
 ) -> ResultRow:
     """A row of an experiment that measures something other than a detection rate (a bundle's
     covertness, its cost): no rate, the values in ``extra``."""
     return ResultRow(
-        experiment, dataset, method, variant, 1, None, None, None, 1, n_fingerprints, dict(extra)
+        experiment,
+        dataset,
+        method,
+        variant,
+        1,
+        None,
+        None,
+        None,
+        1,
+        n_fingerprints,
+        dict(extra),
+        setting,
     )
