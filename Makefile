@@ -17,7 +17,7 @@ $(VENV)/.installed-core: pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) -e '.[dev,serve,onnx,interop]'
+	$(PIP) -e '.[dev,serve,onnx,interop,ray]'
 	touch $@ $(VENV)/.installed-core $(VENV)/.installed-serve
 
 $(VENV)/.installed-serve: pyproject.toml constraints.txt | $(BIN)/python

@@ -6,6 +6,7 @@ Kept apart from :mod:`misentry.cli` and wired in there with :func:`add_bench`.
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,22 +20,32 @@ if TYPE_CHECKING:
     from misentry.bench.results import ResultRow
 
 EXECUTORS = ("local", "process", "ray")
-"""Where jobs run; only ``local`` (one after another in this process) exists so far."""
+"""Where jobs run: one after another in this process, in a pool of spawned worker processes, or
+as Ray tasks on this machine (the ``ray`` extra)."""
 
 BENCH_DESCRIPTION = """\
 Run a benchmark preset end to end: train the target, build the BIVBench instances, generate one
 fingerprint bundle per method, count how many fingerprints each instance labels differently,
 and write results.json, results.csv and the report (report.md, report.html) to --out/results.
 
+Besides the detection table (every variant x every method, N_S 1..20), a run measures each
+bundle's covertness and cost, and the optional experiments: leakage (adaptive attacks that keep
+leaked fingerprints' labels), sensitivity (detection against the tampering's training steps),
+ablation (MiSentry configurations) and frontier (MiSentry's covertness swept from strict to
+covert against detection on the subtle variants).
+
 Every step is a job in --out/jobs/, named by a hash of its configuration: a rerun reuses every
-finished job, and a run that was stopped resumes where it was. The options below override the
-preset's fields.
+finished job, and a run that was stopped resumes where it was, whatever the executor. Jobs of
+one wave are independent: --executor process or ray runs them side by side. The options below
+override the preset's fields.
 
 presets:
   digits-smoke     the 8x8 digits, a 3-epoch target, natural/noise/misentry (cheap settings),
                    3 variants, 1 instance, 20 fingerprints: seconds, for checking an install
   mnist5k          the embedded mnist5k with LeNet-5, all methods, all variants, 10 instances,
-                   100 fingerprints
+                   100 fingerprints, every experiment
+  mnist5k-demo     mnist5k with 3 instances per variant and smaller experiment settings: what
+                   `misentry demo` runs, under 15 minutes on 2 cores
   cifar10-paper    CIFAR-10 with ResNet-20, read from --data-dir
   gtsrb-paper      GTSRB, read from --data-dir
   imagenet-paper   ImageNet-1k with DenseNet-121, read from --data-dir
@@ -44,6 +55,7 @@ BENCH_EPILOG = """\
 examples:
   misentry bench --preset digits-smoke --out runs/smoke
   misentry bench --preset mnist5k --methods natural,misentry --instances 3 --out runs/bench
+  misentry bench --preset mnist5k --experiments none --executor process --workers 2 --out runs/b
   misentry bench --preset cifar10-paper --data-dir data/cifar10 --out runs/cifar10
 """
 
@@ -67,10 +79,24 @@ def add_bench(verbs: Verbs, make_verb: MakeVerb) -> argparse.ArgumentParser:
     bench.add_argument("--instances", type=int, help="instances per variant (override)")
     bench.add_argument("--n-fingerprints", type=int, help="fingerprints per bundle (override)")
     bench.add_argument("--ns", type=_numbers, help="N_S values of the table, e.g. 1,5 (override)")
+    bench.add_argument(
+        "--experiments",
+        type=_experiments,
+        help="optional experiments, comma-separated, or 'none' (override; "
+        "of leakage, sensitivity, ablation, frontier)",
+    )
     bench.add_argument("--seed", type=int, default=0, help="fingerprint generation seed")
     bench.add_argument("--data-dir", type=Path, help="dataset folder, for datasets read from disk")
     bench.add_argument(
         "--executor", choices=EXECUTORS, default="local", help="where jobs run (default local)"
+    )
+    bench.add_argument(
+        "--workers", type=int, help="jobs at once for process/ray (default: the CPU count)"
+    )
+    bench.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per job (default: all for local, CPUs / workers otherwise)",
     )
     bench.add_argument("--out", type=Path, required=True, help="run folder (created or resumed)")
     return bench
@@ -83,6 +109,10 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _experiments(text: str) -> tuple[str, ...]:
+    return () if text.strip() == "none" else _names(text)
+
+
 def _numbers(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in _names(text))
@@ -93,15 +123,11 @@ def _numbers(text: str) -> tuple[int, ...]:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from misentry.bench.executors import make_executor
     from misentry.bench.presets import get_preset
     from misentry.bench.results import read_results
     from misentry.bench.runner import resolve, run_bench
 
-    if args.executor != "local":
-        raise ValueError(
-            f"--executor {args.executor} is not implemented yet; use --executor local "
-            "(jobs run one after another in this process)"
-        )
     preset = resolve(
         get_preset(args.preset),
         methods=args.methods,
@@ -109,15 +135,27 @@ def _bench(args: argparse.Namespace) -> int:
         instances=args.instances,
         n_fingerprints=args.n_fingerprints,
         ns=args.ns,
+        experiments=args.experiments,
     )
     preset.check_data_dir(args.data_dir)
-    with stage_bars(err_console, width=24) as on_progress:
+    started = time.perf_counter()
+    with (
+        make_executor(args.executor, workers=args.workers, threads=args.threads) as executor,
+        stage_bars(err_console, width=24) as on_progress,
+    ):
         results = run_bench(
-            preset, args.out, root=args.data_dir, seed=args.seed, progress=on_progress
+            preset,
+            args.out,
+            root=args.data_dir,
+            seed=args.seed,
+            progress=on_progress,
+            executor=executor,
         )
+    seconds = time.perf_counter() - started
     rows = [r for r in read_results(results) if r.experiment == "detection" and r.ns in preset.ns]
     console.print(_detection_table(rows, preset.methods, preset.ns, preset.name))
     console.print(f"report: {results / 'report.md'} and {results / 'report.html'}")
+    console.print(f"wall time {seconds:.0f} s ({args.executor} executor)")
     return 0
 
 

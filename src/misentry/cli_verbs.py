@@ -33,7 +33,8 @@ def stage_bars(
     console: Console, *, width: int = 10, transient: bool = False
 ) -> Iterator[Callable[[str, int, int], None]]:
     """Rich progress bars, one per stage, driven by the ``progress(stage, done, total)``
-    callbacks of the library (``SearchContext.progress``, ``run_bench(progress=...)``)."""
+    callbacks of the library (``SearchContext.progress``, ``run_bench(progress=...)``). A stage
+    named ``job: step`` (one job's inner stage, e.g. a bundle's search) goes once complete."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -56,5 +57,7 @@ def stage_bars(
             if stage not in tasks:
                 tasks[stage] = progress.add_task(stage, total=total)
             progress.update(tasks[stage], completed=done, total=total)
+            if ": " in stage and done >= total:  # a job's inner stage: gone once complete
+                progress.remove_task(tasks.pop(stage))
 
         yield on_progress

@@ -1,15 +1,18 @@
 """`misentry demo`: the main job on the embedded default dataset, start to finish.
 
-It trains the LeNet-5 target on mnist5k, builds one subtly tampered copy (last-layer fine-tuning
-at learning rate 1e-4, a BIVBench instance), generates 100 strict MiSentry fingerprints, then
-serves the target and the tampered copy on loopback with the Open Inference Protocol and
-verifies both over HTTP, as a nightly check would. Every step is one of the CLI's own commands,
-so the demo shows what a user types; finished steps are reused when the demo runs again.
+Part 1 runs the ``mnist5k-demo`` benchmark preset (``misentry bench``): the LeNet-5 target,
+every BIVBench variant, every fingerprint method and all seven experiments, with the instance
+counts that fit a laptop CPU, and writes the report. Part 2 is what a nightly check does: it
+serves the target and one subtly tampered instance (last-layer fine-tuning at learning rate
+1e-4) on loopback with the Open Inference Protocol and verifies both over HTTP with the run's
+strict MiSentry fingerprints. Both parts are the CLI's own commands, so the demo shows what a
+user types; finished jobs are reused when the demo runs again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -18,16 +21,24 @@ from rich.table import Table
 
 from misentry.cli_verbs import MakeVerb
 
+PRESET = "mnist5k-demo"
+"""The benchmark the demo runs."""
+
 TAMPERING = "ft_last_lr1e-4"
 """The tampered instance the demo serves: a subtle one, which natural images do not catch."""
 
+METHOD = "misentry"
+"""The fingerprints the demo verifies with: strict MiSentry."""
 
 DESCRIPTION = """\
-Run the main job on the embedded mnist5k dataset: train the LeNet-5 target, build one subtly
-tampered copy (BIVBench's last-layer fine-tuning at learning rate 1e-4), generate 100 strict
-MiSentry fingerprints, serve the target and the tampered copy on 127.0.0.1 with the Open
-Inference Protocol, and verify both over HTTP. Exits 0 when the target is found intact and the
-tampered copy tampered. Finished steps under --out are reused."""
+Run the main job on the embedded mnist5k dataset. Part 1 is `misentry bench --preset
+mnist5k-demo`: train the LeNet-5 target, build every BIVBench variant, generate fingerprints with
+every method and run all seven experiments (detection, leakage, covertness, sensitivity,
+ablation, cost, frontier), then print the detection table and write the report. Part 2 serves
+the target and one subtly tampered copy (last-layer fine-tuning at learning rate 1e-4) on
+127.0.0.1 with the Open Inference Protocol and verifies both over HTTP with the strict MiSentry
+fingerprints. Exits 0 when the benchmark finished, the target is found intact and the tampered
+copy tampered. Finished jobs under --out are reused."""
 
 
 def add_demo(
@@ -35,8 +46,13 @@ def add_demo(
 ) -> argparse.ArgumentParser:
     demo = make_verb(verbs, "demo", "run the main job on mnist5k", _demo, description=DESCRIPTION)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="work folder")
-    demo.add_argument("--n", type=int, default=100, help="fingerprints (100)")
     demo.add_argument("--ns", type=int, default=5, help="fingerprints per check (5)")
+    demo.add_argument(
+        "--executor",
+        choices=("local", "process", "ray"),
+        default="local",
+        help="where the benchmark's jobs run (default local)",
+    )
     return demo
 
 
@@ -45,26 +61,19 @@ def _demo(args: argparse.Namespace) -> int:
 
     console = Console()
     out: Path = args.out
-    target = out / "target-mnist5k-lenet5"
     bench = out / "bench"
-    bundle = out / "fingerprints"
-    console.print(Rule(f"1/4 train the target ({target})"))
-    train = ["train", "--dataset", "mnist5k", "--arch", "lenet5", "--seed", "0"]
-    if main([*train, "--out", str(target)]) != 0:
+    console.print(Rule(f"1/2 the benchmark: misentry bench --preset {PRESET} --out {bench}"))
+    argv = ["bench", "--preset", PRESET, "--out", str(bench), "--executor", args.executor]
+    if main(argv) != 0:
         return 1
-    console.print(Rule(f"2/4 build one tampered copy ({TAMPERING})"))
-    tamper = ["tamper", "build", "--target", str(target), "--variant", TAMPERING]
-    if main([*tamper, "--instances", "1", "--out", str(bench)]) != 0:
-        return 1
-    console.print(Rule(f"3/4 generate {args.n} strict MiSentry fingerprints ({bundle})"))
-    if (bundle / "manifest.json").exists():
-        console.print(f"reusing the fingerprints in {bundle}")
-    else:
-        argv = ["fingerprint", "--method", "misentry", "--target", str(target)]
-        if main([*argv, "--n", str(args.n), "--out", str(bundle)]) != 0:
-            return 1
-    console.print(Rule("4/4 serve both on 127.0.0.1 and verify them over HTTP"))
-    return _serve_and_verify(console, bundle, target, bench / TAMPERING / "0000", args.ns)
+    run = json.loads((bench / "run.json").read_text())
+    target = Path(run["target"])
+    bundle = Path(run["bundles"][METHOD])
+    tampered = next(
+        Path(i["path"]) for i in run["instances"] if i["variant"] == TAMPERING and i["index"] == 0
+    )
+    console.print(Rule("2/2 serve the target and a tampered copy on 127.0.0.1, verify over HTTP"))
+    return _serve_and_verify(console, bundle, target, tampered, args.ns)
 
 
 def _serve_and_verify(console: Console, bundle: Path, target: Path, tampered: Path, ns: int) -> int:

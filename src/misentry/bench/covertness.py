@@ -8,11 +8,14 @@ or when its entropy is high): 0.5 means fingerprints look like normal queries, 1
 one of them is flagged before any normal image. It also measures how far each fingerprint is
 from its natural source (L2, L-inf, PSNR), the input-side covertness. :func:`example_grid` draws
 fingerprints next to their sources with their amplified differences.
+:func:`write_covertness_samples` keeps the per-query confidences and entropies for the report's
+histograms (``covertness.json``); :func:`read_covertness_samples` reads them back.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from misentry.atomic import write_bytes_atomic
+from misentry.atomic import write_bytes_atomic, write_text_atomic
 from misentry.data import ImageSet, to_unit
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.fingerprint.stats import entropy
@@ -284,3 +287,122 @@ def _method_row(
     if mosaic.shape[2] < full_width:
         mosaic = torch.cat([mosaic, torch.ones(c, h, full_width - mosaic.shape[2])], dim=2)
     return np.ascontiguousarray(mosaic.permute(1, 2, 0).numpy())
+
+
+# --- the per-query samples behind the report's histograms ---------------------------------------
+
+SAMPLES_NAME = "covertness.json"
+"""The samples file's name in a results folder."""
+
+SAMPLES_FORMAT = "misentry-covertness-samples"
+SAMPLES_VERSION = 1
+
+
+@dataclass(frozen=True)
+class OutputSamples:
+    """The target's output on each query of one set: top-1 softmax probability and softmax
+    entropy (nats), in query order, equally long."""
+
+    confidence: tuple[float, ...]
+    entropy: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class CovertnessSamples:
+    """What :func:`read_covertness_samples` returns: the normal queries' outputs once, and each
+    method's fingerprints' outputs (in the order written); ``dataset`` when the writer named one."""
+
+    normal: OutputSamples
+    methods: Mapping[str, OutputSamples]
+    dataset: str | None = None
+
+
+def write_covertness_samples(
+    path: Path | str, by_method: Mapping[str, Covertness], dataset: str | None = None
+) -> Path:
+    """Write the per-query confidences and entropies of ``by_method`` (one :class:`Covertness`
+    per fingerprint method, all measured against the same normal images) as JSON, atomically,
+    to ``path`` (a file, or a folder to hold :data:`SAMPLES_NAME`). Returns the file's path.
+
+    The document: ``{"format": "misentry-covertness-samples", "version": 1, "dataset": str or
+    null, "normal": {"confidence": [...], "entropy": [...]}, "methods": {METHOD: {"confidence":
+    [...], "entropy": [...]}, ...}}``.
+    """
+    if not by_method:
+        raise ValueError("write_covertness_samples: no methods to write")
+    first_name, first = next(iter(by_method.items()))
+    for name, measured in by_method.items():
+        same = measured.normal_confidence.shape == first.normal_confidence.shape and bool(
+            torch.allclose(measured.normal_confidence, first.normal_confidence, rtol=0, atol=1e-9)
+        )
+        if not same:
+            raise ValueError(
+                f"write_covertness_samples: {name!r} was measured on other normal images than "
+                f"{first_name!r}; measure every method against the same target and normal pool, "
+                "or write one file per target"
+            )
+    document = {
+        "format": SAMPLES_FORMAT,
+        "version": SAMPLES_VERSION,
+        "dataset": dataset,
+        "normal": _samples_json(first.normal_confidence, first.normal_entropy),
+        "methods": {
+            name: _samples_json(measured.confidence, measured.entropy)
+            for name, measured in by_method.items()
+        },
+    }
+    path = Path(path)
+    if path.is_dir():
+        path = path / SAMPLES_NAME
+    return write_text_atomic(path, json.dumps(document, allow_nan=False) + "\n")
+
+
+def read_covertness_samples(path: Path | str) -> CovertnessSamples:
+    """The samples in a file :func:`write_covertness_samples` wrote (or in the folder holding
+    one). Raises FileNotFoundError when there is none and ValueError when it is not readable."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SAMPLES_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"read_covertness_samples: no samples file at {path}")
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"read_covertness_samples: cannot read {path}: {err}") from None
+    if not isinstance(document, dict) or document.get("format") != SAMPLES_FORMAT:
+        raise ValueError(f"read_covertness_samples: {path} is not a covertness samples file")
+    if document.get("version") != SAMPLES_VERSION:
+        raise ValueError(
+            f"read_covertness_samples: {path} has version {document.get('version')}; this "
+            f"misentry reads version {SAMPLES_VERSION}"
+        )
+    methods = document.get("methods")
+    dataset = document.get("dataset")
+    if not isinstance(methods, dict) or not (dataset is None or isinstance(dataset, str)):
+        raise ValueError(f"read_covertness_samples: {path} lacks 'methods' or has a bad 'dataset'")
+    return CovertnessSamples(
+        _samples_of(document.get("normal"), f"{path}: normal"),
+        {str(name): _samples_of(raw, f"{path}: {name}") for name, raw in methods.items()},
+        dataset,
+    )
+
+
+def _samples_json(confidence: torch.Tensor, ent: torch.Tensor) -> dict[str, list[float]]:
+    return {"confidence": confidence.double().tolist(), "entropy": ent.double().tolist()}
+
+
+def _samples_of(raw: Any, where: str) -> OutputSamples:
+    if isinstance(raw, dict):
+        columns = [raw.get("confidence"), raw.get("entropy")]
+        if all(isinstance(c, list) and all(_is_number(v) for v in c) for c in columns) and len(
+            columns[0] or []
+        ) == len(columns[1] or []):
+            return OutputSamples(*(tuple(float(v) for v in c or []) for c in columns))
+    raise ValueError(
+        f"read_covertness_samples: {where} needs equally long number lists 'confidence' and "
+        "'entropy'"
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,20 +1,33 @@
-"""Run a benchmark preset end to end on this machine, as resumable content-addressed jobs.
+"""Run a benchmark preset end to end, as resumable content-addressed jobs on an executor.
 
-Stages: train the target, build the BIVBench instances, generate one fingerprint bundle per
-method, count each instance's disagreements with each bundle (d), then write results.json/.csv
-and the report. Every job writes into ``out/jobs/<stage>-<sha256 of its JSON config>/`` and
-finishes by writing ``job.json`` (its config); a job whose ``job.json`` matches is reused, so a
-rerun skips finished work and a killed run resumes where it stopped. The results stage writes
-to ``out/results/`` under the same rule. ``out/run.json`` lists the jobs of the last run and
-whether each ran or was reused.
+The run is a graph of jobs in four waves; the jobs of one wave are independent of each other, so
+an executor may run them side by side (:mod:`misentry.bench.executors`):
+
+1. ``target``: train the target.
+2. ``instance`` (each BIVBench instance: the detection table's, and the leakage experiment's
+   base instances) and ``bundle`` (one per method, plus the ablation's and the frontier's
+   MiSentry configurations).
+3. ``evaluation`` (d, the fingerprints an instance labels differently, per bundle and instance),
+   ``leakage`` (adaptive attacks per method, attack and base instance) and ``sensitivity`` (one
+   truncated tampering trajectory per variant and instance, every main bundle counted at each
+   step count).
+4. ``results``: ``results.json``/``.csv``, ``covertness.json``, ``examples.png`` and the report,
+   rebuilt from the jobs' outputs on every run (seconds).
+
+Every job writes into ``out/jobs/<stage>-<sha256 of its JSON config>/``; the runner writes the
+job's ``job.json`` (its config) once the job returned, and a job whose ``job.json`` matches is
+reused, so a rerun skips finished work and a killed run resumes where it stopped, whatever the
+executor. ``out/run.json`` lists the jobs of the last run and whether each ran or was reused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,29 +35,39 @@ from typing import Any
 import torch
 
 from misentry.atomic import write_text_atomic
-from misentry.bench.covertness import covertness
-from misentry.bench.metrics import disagreements
+from misentry.bench import jobs as job_functions
+from misentry.bench.covertness import (
+    Covertness,
+    covertness,
+    example_grid,
+    write_covertness_samples,
+)
+from misentry.bench.executors import Executor, Task, make_executor
 from misentry.bench.presets import Preset
 from misentry.bench.report import build_report
 from misentry.bench.results import ResultRow, detection_rows, measurement_row, write_results
 from misentry.data import Pools, get_dataset
-from misentry.fingerprint.base import SearchContext
-from misentry.fingerprint.bundle import FingerprintSet, load_bundle, save_bundle
-from misentry.fingerprint.registry import get_method
-from misentry.models import Record, load_record, model_from_record, save_record, train_target
+from misentry.fingerprint.bundle import FingerprintSet, load_bundle
+from misentry.models import load_record, model_from_record
 from misentry.models.record import canonical_json, json_ready
 from misentry.models.target import target_record_stub
-from misentry.tamper.builder import Bench, BuildConfig, build_all, instance_path
+from misentry.tamper.builder import instance_path
 from misentry.tamper.namespace import Namespace
 from misentry.tamper.registry import select
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: stages ``target``, ``instances``, ``fingerprints``,
-``evaluation``, ``results``, and ``<method>: <step>`` inside a method's generation."""
+``evaluation``, ``leakage``, ``sensitivity``, ``results``, and, with the local executor,
+``<bundle>: <step>`` inside a bundle's generation."""
 
 JOB_FILE = "job.json"
 RESULTS_NS = tuple(range(1, 21))
 """N_S values of the detection rows in results.json (those above N are left out)."""
+
+EXPERIMENT_NS = (1, 5)
+"""N_S values of the leakage, sensitivity, ablation and frontier rows."""
+
+JOBS_MODULE = "misentry.bench.jobs"
 
 
 def job_key(stage: str, config: dict[str, Any]) -> str:
@@ -53,44 +76,103 @@ def job_key(stage: str, config: dict[str, Any]) -> str:
     return f"{stage}-{digest[:16]}"
 
 
+def _job_document(stage: str, config: dict[str, Any]) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(json.dumps(json_ready({"stage": stage, **config})))
+    return document
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of a wave: its stage (the progress bar it counts in), its identity (``config``,
+    hashed into its folder), the function of :mod:`misentry.bench.jobs` that runs it and the
+    payload that function gets besides ``folder`` and ``root`` (paths of its inputs)."""
+
+    stage: str
+    config: dict[str, Any]
+    function: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class _Jobs:
-    """The job folders of one run, and what happened to each (for ``run.json``)."""
+    """The job folders of one run, what happened to each (for ``run.json``), and the executor."""
 
     out: Path
+    executor: Executor
+    root: Path | None
+    report: Progress
     log: list[dict[str, Any]] = field(default_factory=list)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def folder(self, stage: str, config: dict[str, Any]) -> Path:
-        return self.out / "jobs" / job_key(stage, config)
+    def folder(self, job: Job) -> Path:
+        return self.out / "jobs" / job_key(job.stage, job.config)
 
-    def finished(self, folder: Path, stage: str, config: dict[str, Any]) -> bool:
-        marker = folder / JOB_FILE
+    def finished(self, job: Job) -> bool:
+        marker = self.folder(job) / JOB_FILE
         if not marker.is_file():
             return False
         try:
             stored = json.loads(marker.read_text())
         except json.JSONDecodeError:
             return False
-        return bool(stored == _job_document(stage, config))
+        return bool(stored == _job_document(job.stage, job.config))
 
-    def finish(self, folder: Path, stage: str, config: dict[str, Any]) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(folder / JOB_FILE, json.dumps(_job_document(stage, config), indent=1))
+    def run_wave(self, wave: Sequence[Job]) -> list[Path]:
+        """Run the unfinished jobs of ``wave`` on the executor; returns each job's folder."""
+        unique: dict[Path, Job] = {}
+        for job in wave:
+            unique.setdefault(self.folder(job), job)
+        totals: dict[str, int] = defaultdict(int)
+        for job in unique.values():
+            totals[job.stage] += 1
+        done: dict[str, int] = defaultdict(int)
 
-    def note(self, folder: Path, stage: str, reused: bool, started: float) -> None:
+        def count(job: Job) -> None:
+            done[job.stage] += 1
+            self.report(_STAGE_NAMES.get(job.stage, job.stage), done[job.stage], totals[job.stage])
+
+        tasks: list[Task] = []
+        by_name: dict[str, tuple[Path, Job]] = {}
+        for folder, job in unique.items():
+            if self.finished(job):
+                self._note(folder, job, "reused", 0.0)
+                count(job)
+                continue
+            payload = {**job.payload, "folder": str(folder), "root": _text(self.root)}
+            task = Task(folder.name, f"{JOBS_MODULE}:{job.function}", json_ready(payload))
+            tasks.append(task)
+            by_name[task.name] = (folder, job)
+        started = {name: time.perf_counter() for name in by_name}
+
+        def on_done(task: Task, result: dict[str, Any]) -> None:
+            folder, job = by_name[task.name]
+            folder.mkdir(parents=True, exist_ok=True)
+            document = json.dumps(_job_document(job.stage, job.config), indent=1)
+            write_text_atomic(folder / JOB_FILE, document)
+            self.results[folder.name] = result
+            self._note(folder, job, "ran", time.perf_counter() - started[task.name])
+            count(job)
+
+        if tasks:
+            local = self.executor.name == "local"
+            job_functions.PROGRESS = self.report if local else None
+            try:
+                self.executor.run(tasks, on_done)
+            finally:
+                job_functions.PROGRESS = None
+        return [self.folder(job) for job in wave]
+
+    def _note(self, folder: Path, job: Job, status: str, seconds: float) -> None:
         self.log.append(
-            {
-                "stage": stage,
-                "job": folder.name,
-                "status": "reused" if reused else "ran",
-                "seconds": time.perf_counter() - started,
-            }
+            {"stage": job.stage, "job": folder.name, "status": status, "seconds": seconds}
         )
 
 
-def _job_document(stage: str, config: dict[str, Any]) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(json.dumps(json_ready({"stage": stage, **config})))
-    return document
+_STAGE_NAMES = {"instance": "instances", "bundle": "fingerprints"}
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def resolve(
@@ -101,6 +183,7 @@ def resolve(
     instances: int | None = None,
     n_fingerprints: int | None = None,
     ns: tuple[int, ...] | None = None,
+    experiments: tuple[str, ...] | None = None,
 ) -> Preset:
     """``preset`` with the given fields replaced (validated as a preset)."""
     changes: dict[str, Any] = {
@@ -111,6 +194,7 @@ def resolve(
             ("instances", instances),
             ("n_fingerprints", n_fingerprints),
             ("ns", ns),
+            ("experiments", experiments),
         )
         if value is not None
     }
@@ -126,15 +210,18 @@ def run_bench(
     instances: int | None = None,
     n_fingerprints: int | None = None,
     ns: tuple[int, ...] | None = None,
+    experiments: tuple[str, ...] | None = None,
     root: Path | str | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> Path:
     """Run ``preset`` (with the given fields overridden) under ``out``; returns the results
     folder (``results.json``, ``results.csv``, ``report.md``, ``report.html``).
 
     ``root`` is the dataset folder of datasets read from disk; ``seed`` is the fingerprint
-    generation seed of every method.
+    generation seed of every method; ``executor`` runs the jobs (default: one after another in
+    this process; an executor given here is not closed).
     """
     preset = resolve(
         preset,
@@ -143,45 +230,42 @@ def run_bench(
         instances=instances,
         n_fingerprints=n_fingerprints,
         ns=ns,
+        experiments=experiments,
     )
     preset.check_data_dir(root)
     select(preset.variant_spec)  # unknown variant slugs fail before any work
-    report = progress or _quiet
-    out = Path(out)
-    jobs = _Jobs(out)
-    target = _target(preset, root, jobs, report)
-    built = _instances(preset, target, root, jobs, report)
-    bundles = _bundles(preset, target, root, seed, jobs, report)
-    d = _evaluate(bundles, built, jobs, report)
-    results = _results(preset, target, root, bundles, d, out / "results", jobs, report)
-    document = {"preset": preset.name, "seed": seed, "jobs": jobs.log}
+    out = Path(out).resolve()
+    own = executor is None
+    runner = executor or make_executor("local")
+    try:
+        plan = _Plan(preset, root, seed, _Jobs(out, runner, _path(root), progress or _quiet))
+        results = plan.run()
+    finally:
+        if own:
+            runner.close()
+    document = {
+        "preset": preset.name,
+        "seed": seed,
+        "executor": runner.name,
+        "target": str(plan.target_path),
+        "bundles": {
+            label: str(path)
+            for (group, label), path in plan.bundle_paths.items()
+            if group == "main"
+        },
+        "instances": [i.payload() for i in plan.built],
+        "jobs": plan.jobs.log,
+    }
     write_text_atomic(out / "run.json", json.dumps(json_ready(document), indent=1))
     return results
 
 
+def _path(root: Path | str | None) -> Path | None:
+    return None if root is None else Path(root).resolve()
+
+
 def _quiet(_stage: str, _done: int, _total: int) -> None:
     return None
-
-
-def _target(preset: Preset, root: Path | str | None, jobs: _Jobs, report: Progress) -> Record:
-    started = time.perf_counter()
-    config = preset.target_config
-    identity = {"record_id": target_record_stub(config).record_id}
-    folder = jobs.folder("target", identity)
-    reused = jobs.finished(folder, "target", identity)
-    if reused:
-        record = load_record(folder / "record")
-        report("target", 1, 1)
-    else:
-        record = train_target(
-            config,
-            root,
-            on_step=lambda state: report("target", state.step, state.total_steps),
-        )
-        save_record(record, folder / "record", overwrite=True)
-        jobs.finish(folder, "target", identity)
-    jobs.note(folder, "target", reused, started)
-    return record
 
 
 @dataclass(frozen=True)
@@ -191,177 +275,441 @@ class _Instance:
     path: Path
     record_id: str
     observable: bool
+    build_seconds: float
+
+    def payload(self) -> dict[str, Any]:
+        return {"variant": self.variant, "index": self.index, "path": str(self.path)}
 
 
-def _instances(
-    preset: Preset, target: Record, root: Path | str | None, jobs: _Jobs, report: Progress
-) -> list[_Instance]:
-    variants = select(preset.variant_spec)
-    build = BuildConfig(namespace=Namespace("bench"))
-    total = len(variants) * preset.instances
-    bench: Bench | None = None  # loaded only when an instance must be built
-    built: list[_Instance] = []
-    for variant in variants:
-        for index in range(preset.instances):
-            started = time.perf_counter()
-            config = {"target_id": target.record_id, "variant": variant.slug, "index": index}
-            config["namespace"] = build.namespace.value
-            folder = jobs.folder("instance", config)
-            reused = jobs.finished(folder, "instance", config)
-            if not reused:
-                bench = bench or Bench.load(target, root)
-                build_all(bench, [variant], [index], folder, build)
-                jobs.finish(folder, "instance", config)
-            path = instance_path(folder, variant.slug, index)
+@dataclass(frozen=True)
+class _BundleSpec:
+    """A bundle to generate: ``label`` names it in results (the method for main bundles)."""
+
+    label: str
+    method: str
+    params: Mapping[str, Any]
+    n: int
+
+
+class _Plan:
+    """The waves of one run, built from the preset and the previous waves' outputs."""
+
+    def __init__(self, preset: Preset, root: Path | str | None, seed: int, jobs: _Jobs) -> None:
+        self.preset, self.root, self.seed, self.jobs = preset, root, seed, jobs
+        self.on = set(preset.experiments)
+
+    def run(self) -> Path:
+        self.target_path = target_path = self._target()
+        instances, bundles = self._instances_and_bundles(target_path)
+        self.built = instances
+        evaluated, leaked, swept = self._measurements(target_path, instances, bundles)
+        return self._results(target_path, instances, bundles, evaluated, leaked, swept)
+
+    # --- wave 1 ---------------------------------------------------------------------------------
+
+    def _target(self) -> Path:
+        config = self.preset.target_config
+        fields = {
+            "dataset": config.dataset,
+            "arch": config.arch,
+            "data_seed": config.data_seed,
+            "model_seed": config.model_seed,
+            "train": config.recipe.to_json(),
+        }
+        job = Job("target", {"record_id": target_record_stub(config).record_id}, "train_target")
+        job = replace(job, payload={"target": fields})
+        (folder,) = self.jobs.run_wave([job])
+        return folder / "record"
+
+    # --- wave 2 ---------------------------------------------------------------------------------
+
+    def _bundle_specs(self) -> dict[str, list[_BundleSpec]]:
+        preset = self.preset
+        misentry = dict(preset.method_overrides.get("misentry", {}))
+        specs: dict[str, list[_BundleSpec]] = {"main": [], "ablation": [], "frontier": []}
+        for method in preset.methods:
+            overrides = dict(preset.method_overrides.get(method, {}))
+            specs["main"].append(_BundleSpec(method, method, overrides, preset.n_fingerprints))
+        if "ablation" in self.on:
+            for name, changes in preset.ablation.configs:
+                params = {**misentry, **changes}
+                n = preset.ablation.n_fingerprints
+                specs["ablation"].append(_BundleSpec(name, "misentry", params, n))
+        if "frontier" in self.on:
+            n = preset.frontier.n_fingerprints or preset.n_fingerprints
+            for c in preset.frontier.covertness:
+                params = {**misentry, "covertness": c}
+                specs["frontier"].append(_BundleSpec(f"covertness={c:g}", "misentry", params, n))
+        return specs
+
+    def _instance_keys(self) -> list[tuple[str, int]]:
+        preset = self.preset
+        keys = [(v.slug, i) for v in select(preset.variant_spec) for i in range(preset.instances)]
+        if "leakage" in self.on:
+            from misentry.bench.leakage import ATTACKS
+
+            for attack in preset.leakage.attacks:
+                keys += [(ATTACKS[attack], i) for i in range(preset.leakage.instances)]
+        return list(dict.fromkeys(keys))
+
+    def _instances_and_bundles(
+        self, target_path: Path
+    ) -> tuple[list[_Instance], dict[str, dict[str, FingerprintSet]]]:
+        target = load_record(target_path)
+        namespace = Namespace("bench").value
+        instance_jobs = []
+        for variant, index in self._instance_keys():
+            config = {"target_id": target.record_id, "variant": variant, "index": index}
+            config["namespace"] = namespace
+            payload = {**config, "target_path": str(target_path)}
+            instance_jobs.append(Job("instance", config, "build_instance", payload))
+        bundle_jobs = []
+        specs = self._bundle_specs()
+        flat = [(group, spec) for group, group_specs in specs.items() for spec in group_specs]
+        for group, spec in flat:
+            config = {
+                "target_id": target.record_id,
+                "method": spec.method,
+                "params": dict(spec.params),
+                "n": spec.n,
+                "seed": self.seed,
+            }
+            label = spec.label if group == "main" else f"{group} {spec.label}"
+            payload = {**config, "target_path": str(target_path), "label": label}
+            bundle_jobs.append(Job("bundle", config, "generate_bundle", payload))
+        folders = self.jobs.run_wave([*instance_jobs, *bundle_jobs])
+        built = []
+        for job, folder in zip(instance_jobs, folders[: len(instance_jobs)], strict=True):
+            variant, index = job.config["variant"], job.config["index"]
+            path = instance_path(folder, variant, index)
             record = load_record(path)
             observable = bool(record.metrics.get("observable", True))
-            built.append(_Instance(variant.slug, index, path, record.record_id, observable))
-            jobs.note(folder, "instance", reused, started)
-            report("instances", len(built), total)
-    return built
-
-
-def _bundles(
-    preset: Preset,
-    target: Record,
-    root: Path | str | None,
-    seed: int,
-    jobs: _Jobs,
-    report: Progress,
-) -> dict[str, FingerprintSet]:
-    bundles: dict[str, FingerprintSet] = {}
-    pools: Pools | None = None  # loaded only when a bundle must be generated
-    for method in preset.methods:
-        started = time.perf_counter()
-        overrides = dict(preset.method_overrides.get(method, {}))
-        config = {
-            "target_id": target.record_id,
-            "method": method,
-            "params": overrides,
-            "n": preset.n_fingerprints,
-            "seed": seed,
+            seconds = float(record.metrics.get("build_seconds", math.nan))
+            built.append(_Instance(variant, index, path, record.record_id, observable, seconds))
+        bundles: dict[str, dict[str, FingerprintSet]] = {group: {} for group in specs}
+        for (group, spec), folder in zip(flat, folders[len(instance_jobs) :], strict=True):
+            bundles[group][spec.label] = load_bundle(folder / "bundle")
+        self.bundle_paths = {
+            (group, spec.label): folder / "bundle"
+            for (group, spec), folder in zip(flat, folders[len(instance_jobs) :], strict=True)
         }
-        folder = jobs.folder("bundle", config)
-        reused = jobs.finished(folder, "bundle", config)
-        if not reused:
-            pools = pools or get_dataset(target.dataset).pools(target.data_seed, root)
-            fps = _generate(method, overrides, target, pools, preset.n_fingerprints, seed, report)
-            save_bundle(fps, folder / "bundle")
-            jobs.finish(folder, "bundle", config)
-        bundles[method] = load_bundle(folder / "bundle")
-        jobs.note(folder, "bundle", reused, started)
-        report("fingerprints", len(bundles), len(preset.methods))
-    return bundles
+        return built, bundles
 
+    # --- wave 3 ---------------------------------------------------------------------------------
 
-def _generate(
-    method: str,
-    overrides: dict[str, Any],
-    target: Record,
-    pools: Pools,
-    n: int,
-    seed: int,
-    report: Progress,
-) -> FingerprintSet:
-    def inner(stage: str, done: int, total: int) -> None:
-        report(f"{method}: {stage}", done, total)
+    def _detection_instances(self, built: list[_Instance]) -> list[_Instance]:
+        """The detection table's instances: the preset's variants, observable ones and the
+        identity control (the benchmark holds observable instances only)."""
+        wanted = {v.slug for v in select(self.preset.variant_spec)}
+        return [
+            i
+            for i in built
+            if i.variant in wanted
+            and i.index < self.preset.instances
+            and (i.observable or i.variant == "identity")
+        ]
 
-    model = model_from_record(target)
-    generator = get_method(method, **overrides)
-    normal = pools["test"].x
-    context = SearchContext(normal=normal, pools=pools, record=target, progress=inner)
-    manifest = {
-        "target_id": target.record_id,
-        "dataset": target.dataset,
-        "architecture": target.architecture,
-        "data_seed": target.data_seed,
-        "n": n,
-        "seed": seed,
-    }
-    return generator.generate(model, pools["source"], n, seed, normal, manifest, context)
+    def _measurements(
+        self,
+        target_path: Path,
+        built: list[_Instance],
+        bundles: dict[str, dict[str, FingerprintSet]],
+    ) -> tuple[
+        dict[tuple[str, str], dict[str, list[int]]],
+        dict[tuple[str, str, int], list[dict[str, Any]]],
+        dict[tuple[str, int], list[dict[str, Any]]],
+    ]:
+        kept = self._detection_instances(built)
+        frontier_variants = set(self.preset.frontier.variants)
+        frontier_instances = [i for i in kept if i.variant in frontier_variants]
+        evaluations: list[tuple[tuple[str, str], Job]] = []
+        for group, group_bundles in bundles.items():
+            on = frontier_instances if group == "frontier" else kept
+            for label, fps in group_bundles.items():
+                config = {
+                    "method": label if group == "main" else f"{group}:{label}",
+                    "bundle": _bundle_hash(fps),
+                    "instances": [i.record_id for i in on],
+                }
+                payload = {
+                    "bundle_path": str(self.bundle_paths[(group, label)]),
+                    "instances": [i.payload() for i in on],
+                }
+                evaluations.append(((group, label), Job("evaluation", config, "evaluate", payload)))
+        leakage_jobs = self._leakage_jobs(target_path, built, bundles["main"])
+        sensitivity_jobs = self._sensitivity_jobs(target_path, bundles["main"])
+        wave = [job for _, job in evaluations] + [j for _, j in leakage_jobs]
+        wave += [j for _, j in sensitivity_jobs]
+        folders = self.jobs.run_wave(wave)
+        evaluated: dict[tuple[str, str], dict[str, list[int]]] = {}
+        for (key, _), folder in zip(evaluations, folders, strict=False):
+            per_variant: dict[str, list[int]] = {}
+            for row in json.loads((folder / "d.json").read_text())["d"]:
+                per_variant.setdefault(row["variant"], []).append(int(row["d"]))
+            evaluated[key] = per_variant
+        rest = folders[len(evaluations) :]
+        leaked: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        for (lkey, _), folder in zip(leakage_jobs, rest[: len(leakage_jobs)], strict=True):
+            leaked[lkey] = json.loads((folder / "leakage.json").read_text())["points"]
+        swept: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for (skey, _), folder in zip(sensitivity_jobs, rest[len(leakage_jobs) :], strict=True):
+            swept[skey] = json.loads((folder / "sensitivity.json").read_text())["points"]
+        return evaluated, leaked, swept
 
+    def _leakage_jobs(
+        self, target_path: Path, built: list[_Instance], main: dict[str, FingerprintSet]
+    ) -> list[tuple[tuple[str, str, int], Job]]:
+        if "leakage" not in self.on:
+            return []
+        from misentry.bench.leakage import ATTACKS
 
-def _evaluate(
-    bundles: dict[str, FingerprintSet],
-    built: list[_Instance],
-    jobs: _Jobs,
-    report: Progress,
-) -> dict[str, dict[str, list[int]]]:
-    """d per variant per method, over the observable instances and the identity control (as in
-    benchmarks/detection.py: the benchmark holds observable instances only)."""
-    kept = [i for i in built if i.observable or i.variant == "identity"]
-    d: dict[str, dict[str, list[int]]] = {}
-    for done, (method, fps) in enumerate(bundles.items(), start=1):
+        spec = self.preset.leakage
+        by_key = {(i.variant, i.index): i for i in built}
+        out = []
+        for method in spec.methods or self.preset.methods:
+            fps = main[method]
+            for attack in spec.attacks:
+                for index in range(spec.instances):
+                    base = by_key[(ATTACKS[attack], index)]
+                    config = {
+                        "attack": attack,
+                        "bundle": _bundle_hash(fps),
+                        "instance": base.record_id,
+                        "n_leaked": list(spec.n_leaked),
+                        "seed": self.seed,
+                    }
+                    payload = {
+                        **config,
+                        "index": index,
+                        "target_path": str(target_path),
+                        "instance_path": str(base.path),
+                        "bundle_path": str(self.bundle_paths[("main", method)]),
+                    }
+                    job = Job("leakage", config, "leakage", payload)
+                    out.append(((method, attack, index), job))
+        return out
+
+    def _sensitivity_jobs(
+        self, target_path: Path, main: dict[str, FingerprintSet]
+    ) -> list[tuple[tuple[str, int], Job]]:
+        if "sensitivity" not in self.on:
+            return []
+        spec = self.preset.sensitivity
+        target = load_record(target_path)
+        out = []
+        for variant in spec.variants:
+            steps = spec.steps.get(variant) or self._default_steps(target_path, variant)
+            for index in range(spec.instances):
+                config = {
+                    "target_id": target.record_id,
+                    "variant": variant,
+                    "index": index,
+                    "steps": list(steps),
+                    "bundles": {m: _bundle_hash(fps) for m, fps in main.items()},
+                }
+                payload = {
+                    "variant": variant,
+                    "index": index,
+                    "steps": list(steps),
+                    "target_path": str(target_path),
+                    "bundles": {m: str(self.bundle_paths[("main", m)]) for m in main},
+                }
+                out.append(((variant, index), Job("sensitivity", config, "sensitivity", payload)))
+        return out
+
+    def _default_steps(self, target_path: Path, variant: str) -> tuple[int, ...]:
+        from misentry.bench.sensitivity import default_steps
+        from misentry.tamper.builder import Bench
+
+        if not hasattr(self, "_bench"):
+            self._bench = Bench.load(load_record(target_path), self.root)
+        return tuple(default_steps(variant, self._bench))
+
+    # --- wave 4 ---------------------------------------------------------------------------------
+
+    def _results(
+        self,
+        target_path: Path,
+        built: list[_Instance],
+        bundles: dict[str, dict[str, FingerprintSet]],
+        evaluated: dict[tuple[str, str], dict[str, list[int]]],
+        leaked: dict[tuple[str, str, int], list[dict[str, Any]]],
+        swept: dict[tuple[str, int], list[dict[str, Any]]],
+    ) -> Path:
         started = time.perf_counter()
-        config = {
-            "method": method,
-            "bundle": _bundle_hash(fps),
-            "instances": [i.record_id for i in kept],
+        folder = self.jobs.out / "results"
+        preset, dataset = self.preset, self.preset.dataset
+        target_record = load_record(target_path)
+        target = model_from_record(target_record)
+        pools = get_dataset(target_record.dataset).pools(target_record.data_seed, self.root)
+        measured = {
+            label: covertness(target, fps, pools["test"].x, pools["source"].x)
+            for label, fps in bundles["main"].items()
         }
-        folder = jobs.folder("evaluation", config)
-        reused = jobs.finished(folder, "evaluation", config)
-        if not reused:
-            rows = []
-            for instance in kept:
-                model = model_from_record(load_record(instance.path))
-                count = disagreements(model, fps.x, fps.labels)
-                rows.append({"variant": instance.variant, "index": instance.index, "d": count})
-            folder.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(folder / "d.json", json.dumps({"method": method, "d": rows}))
-            jobs.finish(folder, "evaluation", config)
-        per_variant: dict[str, list[int]] = {}
-        for row in json.loads((folder / "d.json").read_text())["d"]:
-            per_variant.setdefault(row["variant"], []).append(int(row["d"]))
-        d[method] = per_variant
-        jobs.note(folder, "evaluation", reused, started)
-        report("evaluation", done, len(bundles))
-    return d
+        ns_values = sorted(set(RESULTS_NS) | set(preset.ns))
+        rows: list[ResultRow] = []
+        for method, fps in bundles["main"].items():
+            d = evaluated[("main", method)]
+            rows += bundle_rows(dataset, method, fps, d, ns_values, measured=measured[method])
+        rows += _tampering_cost_rows(dataset, self._detection_instances(built))
+        rows += _leakage_rows(dataset, bundles["main"], leaked)
+        rows += _sensitivity_rows(dataset, bundles["main"], swept)
+        for name, changes in preset.ablation.configs if "ablation" in self.on else ():
+            rows += detection_rows(
+                dataset,
+                "misentry",
+                len(bundles["ablation"][name]),
+                evaluated[("ablation", name)],
+                EXPERIMENT_NS,
+                "ablation",
+                {"config": name, "changes": _changes(changes)},
+                name,
+            )
+        if "frontier" in self.on:
+            rows += self._frontier_rows(target, pools, bundles, evaluated, measured)
+        write_results(rows, folder)
+        write_covertness_samples(folder, measured, dataset)
+        example_grid(bundles["main"], pools["source"], folder / "examples.png")
+        build_report(folder)
+        self.jobs.log.append(
+            {
+                "stage": "results",
+                "job": "results",
+                "status": "ran",
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        self.jobs.report("results", 1, 1)
+        return folder
+
+    def _frontier_rows(
+        self,
+        target: torch.nn.Module,
+        pools: Pools,
+        bundles: dict[str, dict[str, FingerprintSet]],
+        evaluated: dict[tuple[str, str], dict[str, list[int]]],
+        measured: dict[str, Covertness],
+    ) -> list[ResultRow]:
+        spec, dataset = self.preset.frontier, self.preset.dataset
+        wanted = [
+            v for v in spec.variants if v in {x.slug for x in select(self.preset.variant_spec)}
+        ]
+        names = ",".join(wanted)
+        rows: list[ResultRow] = []
+        points: list[tuple[str, str, FingerprintSet, dict[str, list[int]], Covertness, Any]] = []
+        for method, fps in bundles["main"].items():
+            c = {"misentry": 0.0, "misentry-covert": 1.0}.get(method)
+            setting = "" if c is None else f"covertness={c:g}"
+            d = evaluated[("main", method)]
+            points.append((method, setting, fps, d, measured[method], c))
+        for label, fps in bundles["frontier"].items():
+            sweep_c = float(label.split("=", 1)[1])
+            cov = covertness(target, fps, pools["test"].x, pools["source"].x)
+            d = evaluated[("frontier", label)]
+            points.append(("misentry", label, fps, d, cov, sweep_c))
+        for method, setting, fps, d, cov, c in points:
+            pooled = [count for variant in wanted for count in d.get(variant, [])]
+            if not pooled:
+                continue
+            extra = {
+                "covertness": c,
+                "auc_confidence": cov.auc_confidence,
+                "auc_entropy": cov.auc_entropy,
+                "variants": names,
+            }
+            rows += detection_rows(
+                dataset,
+                method,
+                len(fps),
+                {"subtle": pooled},
+                EXPERIMENT_NS,
+                "frontier",
+                extra,
+                setting,
+            )
+        return rows
+
+
+def _changes(changes: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in changes.items()) or "(the strict profile)"
+
+
+def _tampering_cost_rows(dataset: str, instances: Sequence[_Instance]) -> list[ResultRow]:
+    """Per variant, the time to build its instances (from their records)."""
+    seconds: dict[str, list[float]] = defaultdict(list)
+    for instance in instances:
+        if math.isfinite(instance.build_seconds):
+            seconds[instance.variant].append(instance.build_seconds)
+    rows = []
+    for variant, values in seconds.items():
+        extra = {
+            "build_seconds_mean": sum(values) / len(values),
+            "build_seconds_max": max(values),
+            "instances": len(values),
+        }
+        row = measurement_row("cost", dataset, "tampering", 1, extra, variant=variant)
+        rows.append(replace(row, n_instances=len(values)))
+    return rows
+
+
+def _leakage_rows(
+    dataset: str,
+    main: dict[str, FingerprintSet],
+    leaked: dict[tuple[str, str, int], list[dict[str, Any]]],
+) -> list[ResultRow]:
+    grouped: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for (method, attack, _index), points in leaked.items():
+        for point in points:
+            grouped[(method, attack, int(point["n_leaked"]))].append(point)
+    rows = []
+    for (method, attack, k), points in sorted(grouped.items()):
+        n_unleaked = len(main[method]) - k
+        extra = {
+            "n_leaked": k,
+            "leaked_kept": _mean(p["leaked_kept"] for p in points),
+            "clean_accuracy": _mean(p["clean_accuracy"] for p in points),
+            "attack_success": _mean(p["attack_success"] for p in points),
+        }
+        ds = {attack: [int(p["d"]) for p in points]}
+        rows += detection_rows(
+            dataset, method, n_unleaked, ds, EXPERIMENT_NS, "leakage", extra, f"n_leaked={k}"
+        )
+    return rows
+
+
+def _sensitivity_rows(
+    dataset: str,
+    main: dict[str, FingerprintSet],
+    swept: dict[tuple[str, int], list[dict[str, Any]]],
+) -> list[ResultRow]:
+    grouped: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for (variant, _index), points in swept.items():
+        for point in points:
+            grouped[(variant, int(point["steps"]))].append(point)
+    rows = []
+    for (variant, steps), points in sorted(grouped.items()):
+        extra = {
+            "steps": steps,
+            "clean_accuracy": _mean(p["clean_accuracy"] for p in points),
+            "attack_success": _mean(p["attack_success"] for p in points),
+        }
+        for method, fps in main.items():
+            ds = {variant: [int(p["d"][method]) for p in points]}
+            rows += detection_rows(
+                dataset, method, len(fps), ds, EXPERIMENT_NS, "sensitivity", extra, f"steps={steps}"
+            )
+    return rows
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    numbers = [float(v) for v in values if v is not None]
+    return sum(numbers) / len(numbers) if numbers else None
 
 
 def _bundle_hash(fps: FingerprintSet) -> str:
     digest = hashlib.sha256(fps.images.contiguous().numpy().tobytes())
     digest.update(fps.labels.contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _results(
-    preset: Preset,
-    target: Record,
-    root: Path | str | None,
-    bundles: dict[str, FingerprintSet],
-    d: dict[str, dict[str, list[int]]],
-    folder: Path,
-    jobs: _Jobs,
-    report: Progress,
-) -> Path:
-    started = time.perf_counter()
-    config = {"preset": preset.name, "ns": list(preset.ns), "d": d, "target_id": target.record_id}
-    config["bundles"] = {method: _bundle_hash(fps) for method, fps in bundles.items()}
-    reused = jobs.finished(folder, "results", config)
-    if not reused:
-        pools = get_dataset(target.dataset).pools(target.data_seed, root)
-        rows = result_rows(preset, model_from_record(target), pools, bundles, d)
-        write_results(rows, folder)
-        build_report(folder)
-        jobs.finish(folder, "results", config)
-    jobs.note(folder, "results", reused, started)
-    report("results", 1, 1)
-    return folder
-
-
-def result_rows(
-    preset: Preset,
-    target: torch.nn.Module,
-    pools: Pools,
-    bundles: dict[str, FingerprintSet],
-    d: dict[str, dict[str, list[int]]],
-) -> list[ResultRow]:
-    """Detection rows (N_S 1..20 and the preset's), a cost row and a covertness row per method."""
-    ns_values = sorted(set(RESULTS_NS) | set(preset.ns))
-    rows: list[ResultRow] = []
-    for method, fps in bundles.items():
-        rows += bundle_rows(preset.dataset, method, fps, d[method], ns_values, target, pools)
-    return rows
 
 
 def bundle_rows(
@@ -372,10 +720,11 @@ def bundle_rows(
     ns_values: Iterable[int],
     target: torch.nn.Module | None = None,
     pools: Pools | None = None,
+    measured: Covertness | None = None,
 ) -> list[ResultRow]:
     """One bundle's rows: detection for each variant and N_S, its cost per fingerprint (seconds,
-    forward and backward passes, zoo included) and, given the target and its pools, its
-    covertness against the ``test`` pool."""
+    forward and backward passes, zoo included) and its covertness against the ``test`` pool
+    (``measured``, or measured here given the target and its pools; none without either)."""
     m, n = fps.manifest, len(fps)
     rows = detection_rows(dataset, method, n, d_per_variant, ns_values)
     forward = m.get("forward_passes", 0) + m.get("zoo_forward_passes", 0)
@@ -386,7 +735,8 @@ def bundle_rows(
         "backward_per_fingerprint": backward / n,
     }
     rows.append(measurement_row("cost", dataset, method, n, cost))
-    if target is not None and pools is not None:
+    if measured is None and target is not None and pools is not None:
         measured = covertness(target, fps, pools["test"].x, pools["source"].x)
+    if measured is not None:
         rows.append(measurement_row("covertness", dataset, method, n, measured.to_row_extra()))
     return rows
