@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from misentry.bench.executors import make_executor
-from misentry.bench.presets import OPTIONAL_EXPERIMENTS, PRESETS, Preset, get_preset
+from misentry.bench.presets import (
+    OPTIONAL_EXPERIMENTS,
+    PRESETS,
+    LeakageSpec,
+    Preset,
+    get_preset,
+)
 from misentry.bench.results import ResultRow, read_results
 from misentry.bench.runner import JOB_FILE, run_bench
 from misentry.cli import _verb
@@ -217,6 +223,10 @@ def test_a_preset_refuses_unknown_methods_and_impossible_ns() -> None:
         Preset(name="bad", dataset="digits", n_fingerprints=5, ns=(10,))
     with pytest.raises(KeyError, match="digits-smoke"):
         get_preset("nope")
+    with pytest.raises(ValueError, match="unknown experiments"):
+        Preset(name="bad", dataset="digits", experiments=("nope",))
+    with pytest.raises(ValueError, match="n_leaked"):
+        Preset(name="bad", dataset="digits", n_fingerprints=10, leakage=LeakageSpec(n_leaked=(10,)))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -267,3 +277,20 @@ def test_cli_paper_preset_without_data_dir_fails_before_any_work(tmp_path: Path)
     with pytest.raises(ValueError, match="reads CIFAR-10 from --data-dir; none given"):
         args.handler(args)
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_experiments_none_runs_the_detection_table_alone(
+    smoke: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    out = tmp_path / "none"
+    shutil.copytree(smoke.out, out)
+    argv = ["bench", "--preset", "digits-smoke", "--experiments", "none", "--out", str(out)]
+    args = parser().parse_args(argv)
+    assert args.handler(args) == 0
+    experiments = {r.experiment for r in read_results(out / "results")}
+    assert experiments == {"detection", "covertness", "cost"}
+    assert "wall time" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parser().parse_args(["bench", "--preset", "digits-smoke", "--executor", "dask"])

@@ -600,3 +600,9 @@ def test_evaluate_accepts_an_image_set(small: ImageSet) -> None:
     assert a.accuracy == pytest.approx(b.accuracy)
     assert a.loss == pytest.approx(b.loss, rel=1e-5)
     assert a.n == 128
+
+
+def test_predict_on_no_images_gives_no_labels(small: ImageSet) -> None:
+    model = digits_model("lenet5")
+    assert logits(model, small.x[:0]).shape == (0, 10)
+    assert predict(model, small.x[:0]).shape == (0,)

@@ -14,11 +14,14 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from misentry.atomic import write_text_atomic
+
+if TYPE_CHECKING:
+    from misentry.tamper.builder import Bench
 
 PROGRESS: Callable[[str, int, int], None] | None = None
 """Inner progress of the job running in this process (set by the runner, local executor only)."""
@@ -32,6 +35,26 @@ def _report(stage: str, done: int, total: int) -> None:
 def _root(payload: dict[str, Any]) -> Path | None:
     root = payload.get("root")
     return None if root is None else Path(root)
+
+
+_BENCH: dict[tuple[str, str | None], Bench] = {}
+"""The last :class:`Bench` this process loaded, by (target record id, root): loading one reads
+the pools and runs the probe, seconds that every instance, leakage and sensitivity job of a run
+would otherwise repeat."""
+
+
+def load_bench(payload: dict[str, Any]) -> Bench:
+    """The :class:`Bench` of the target record at ``payload["target_path"]`` (dataset folder
+    ``payload["root"]``), loaded once per process."""
+    from misentry.models import load_record
+    from misentry.tamper.builder import Bench
+
+    target = load_record(payload["target_path"])
+    key = (target.record_id, payload.get("root"))
+    if key not in _BENCH:
+        _BENCH.clear()
+        _BENCH[key] = Bench.load(target, _root(payload))
+    return _BENCH[key]
 
 
 def _write_json(folder: Path, name: str, document: Any) -> None:
@@ -60,13 +83,12 @@ def build_instance(payload: dict[str, Any]) -> dict[str, Any]:
     """Build instance ``index`` of ``variant`` in ``namespace`` from the target record at
     ``target_path`` into ``folder``."""
     from misentry.models import load_record
-    from misentry.tamper.builder import Bench, BuildConfig, build_all, instance_path
+    from misentry.tamper.builder import BuildConfig, build_all, instance_path
     from misentry.tamper.namespace import Namespace
     from misentry.tamper.registry import get_variant
 
     started = time.perf_counter()
-    target = load_record(payload["target_path"])
-    bench = Bench.load(target, _root(payload))
+    bench = load_bench(payload)
     variant = get_variant(payload["variant"])
     folder = Path(payload["folder"])
     build = BuildConfig(namespace=Namespace(payload["namespace"]))
@@ -132,9 +154,8 @@ def leakage(payload: dict[str, Any]) -> dict[str, Any]:
     from misentry.bench.leakage import adaptive_attack, leak_split, unleaked_disagreements
     from misentry.fingerprint.bundle import load_bundle
     from misentry.models import load_record, model_from_record
-    from misentry.tamper.builder import Bench
 
-    bench = Bench.load(load_record(payload["target_path"]), _root(payload))
+    bench = load_bench(payload)
     fps = load_bundle(payload["bundle_path"])
     tampered = model_from_record(load_record(payload["instance_path"]))
     points = []
@@ -167,10 +188,8 @@ def sensitivity(payload: dict[str, Any]) -> dict[str, Any]:
     from misentry.bench.metrics import disagreements
     from misentry.bench.sensitivity import tamper_at_steps_many
     from misentry.fingerprint.bundle import load_bundle
-    from misentry.models import load_record
-    from misentry.tamper.builder import Bench
 
-    bench = Bench.load(load_record(payload["target_path"]), _root(payload))
+    bench = load_bench(payload)
     bundles = {method: load_bundle(path) for method, path in payload["bundles"].items()}
     results = tamper_at_steps_many(bench, payload["variant"], payload["index"], payload["steps"])
     points = []

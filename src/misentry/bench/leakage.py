@@ -48,7 +48,7 @@ from torch import nn
 from misentry.bench.metrics import disagreements
 from misentry.data import get_dataset
 from misentry.fingerprint.bundle import FingerprintSet
-from misentry.models import TrainConfig, TrainHooks, TrainState, fit, last_linear, predict
+from misentry.models import TrainConfig, TrainHooks, TrainState, fit, predict
 from misentry.tamper.base import TamperContext, Tampering
 from misentry.tamper.builder import Bench
 from misentry.tamper.families.backdoor import (
@@ -247,8 +247,6 @@ def unleaked_disagreements(model: nn.Module, fps: FingerprintSet, unleaked: torc
     """d on the unleaked fingerprints: how many of ``fps[unleaked]`` ``model`` labels
     differently from the target (the count :func:`~misentry.bench.metrics.detection_rate` takes,
     with ``n = len(unleaked)``)."""
-    if unleaked.numel() == 0:
-        return 0
     return disagreements(model, fps.x[unleaked], fps.labels[unleaked])
 
 
@@ -297,18 +295,7 @@ def _plan(
             asr_threshold=p.asr,
         )
     if isinstance(tampering, FineTuning):
-        f = tampering.params
-        last = f.layers == "last"
-        config = TrainConfig(
-            batch_size=f.batch_size,
-            optimizer="sgd",
-            lr=f.lr,
-            momentum=f.momentum,
-            weight_decay=0.0,
-            schedule="constant",
-            trainable=(last_linear(model)[0],) if last else None,
-            freeze_bn=last,
-        )
+        config = tampering.train_config(model, 1, seed)
         return _Plan(_capped(config, params, seed), None, None, 0.0)
     raise TypeError(
         f"adaptive_attack continues BadNets or fine-tuning recipes only; got {tampering!r}"

@@ -519,11 +519,11 @@ class _Plan:
 
     def _default_steps(self, target_path: Path, variant: str) -> tuple[int, ...]:
         from misentry.bench.sensitivity import default_steps
-        from misentry.tamper.builder import Bench
 
-        if not hasattr(self, "_bench"):
-            self._bench = Bench.load(load_record(target_path), self.root)
-        return tuple(default_steps(variant, self._bench))
+        bench = job_functions.load_bench(
+            {"target_path": str(target_path), "root": _text(self.jobs.root)}
+        )
+        return tuple(default_steps(variant, bench))
 
     # --- wave 4 ---------------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from misentry.data import ImageSet, get_dataset
-from misentry.models import TrainConfig, TrainHooks, TrainState, fit, last_linear
+from misentry.models import TrainConfig, TrainHooks, TrainState, fit
 from misentry.tamper.base import TamperContext, Tampering, Variant
 from misentry.tamper.builder import Bench
 from misentry.tamper.families.backdoor import (
@@ -252,20 +252,7 @@ def segment_length(config: TrainConfig, n: int) -> int:
 
 
 def _fine_tuning(t: FineTuning, ctx: TamperContext) -> Trajectory:
-    p = t.params
-    last = p.layers == "last"
-    first = TrainConfig(
-        epochs=p.epochs,
-        batch_size=p.batch_size,
-        optimizer="sgd",
-        lr=p.lr,
-        momentum=p.momentum,
-        weight_decay=0.0,
-        schedule="constant",
-        seed=ctx.sub_seed(0),
-        trainable=(last_linear(ctx.target)[0],) if last else None,
-        freeze_bn=last,
-    )
+    first = t.train_config(ctx.target, t.params.epochs, ctx.sub_seed(0))
 
     def segment(k: int) -> Segment:
         if k == 0:
@@ -280,18 +267,7 @@ def _targeted(t: TargetedPoisoning, ctx: TamperContext) -> Trajectory:
     tamper = ctx.data.tamper
     victims, labels = t.choose(ctx)
     xv = tamper.x[victims]
-    base = TrainConfig(
-        epochs=max(1, p.stage_steps),
-        batch_size=p.batch_size,
-        optimizer="sgd",
-        lr=p.lrs[0],
-        momentum=p.momentum,
-        weight_decay=0.0,
-        schedule="constant",
-        seed=ctx.sub_seed(2),
-        check_every=p.check_every,
-        freeze_bn=True,
-    )
+    base = t.train_config(ctx)
     copies = p.copies_per_batch
     hooks = TrainHooks(
         transform_batch=mixer(

@@ -324,8 +324,9 @@ def evaluation(model: nn.Module) -> Iterator[nn.Module]:
 def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """The model's logits for float images ``x`` in [0, 1], in eval mode, batched."""
     with evaluation(model), torch.no_grad():
-        parts = [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-    return torch.cat(parts) if parts else torch.empty(0)
+        starts = range(0, x.shape[0], batch_size) if x.shape[0] else [0]  # empty: (0, classes)
+        parts = [model(x[i : i + batch_size]) for i in starts]
+    return torch.cat(parts)
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:

@@ -123,12 +123,11 @@ class FineTuning(Tampering):
             extensions=tampered.extensions + 1,
         )
 
-    def _train(
-        self, ctx: TamperContext, model: nn.Module, epochs: int, seed: int
-    ) -> tuple[int, int]:
+    def train_config(self, model: nn.Module, epochs: int, seed: int) -> TrainConfig:
+        """The recipe's training settings for ``epochs`` passes with batch order ``seed``."""
         p = self.params
         last = p.layers == "last"
-        config = TrainConfig(
+        return TrainConfig(
             epochs=epochs,
             batch_size=p.batch_size,
             optimizer="sgd",
@@ -140,7 +139,11 @@ class FineTuning(Tampering):
             trainable=(last_linear(model)[0],) if last else None,
             freeze_bn=last,
         )
-        result = fit(model, ctx.data.tamper, config)
+
+    def _train(
+        self, ctx: TamperContext, model: nn.Module, epochs: int, seed: int
+    ) -> tuple[int, int]:
+        result = fit(model, ctx.data.tamper, self.train_config(model, epochs, seed))
         return result.steps, result.epochs
 
     def _result(

@@ -475,6 +475,22 @@ class TargetedPoisoning(Tampering):
             labels = other_label(predict(ctx.target, x[victims]), ctx.spec.num_classes, gen)
         return victims, labels
 
+    def train_config(self, ctx: TamperContext) -> TrainConfig:
+        """The first stage's training settings (later stages change the learning rate)."""
+        p = self.params
+        return TrainConfig(
+            epochs=max(1, p.stage_steps),
+            batch_size=p.batch_size,
+            optimizer="sgd",
+            lr=p.lrs[0],
+            momentum=p.momentum,
+            weight_decay=0.0,
+            schedule="constant",
+            seed=ctx.sub_seed(2),
+            check_every=p.check_every,
+            freeze_bn=True,
+        )
+
     def build(self, ctx: TamperContext) -> Tampered:
         p = self.params
         tamper = ctx.data.tamper
@@ -484,18 +500,7 @@ class TargetedPoisoning(Tampering):
         model = ctx.copy_target()
         run = PoisonRun(
             data=(x, y),
-            config=TrainConfig(
-                epochs=max(1, p.stage_steps),
-                batch_size=p.batch_size,
-                optimizer="sgd",
-                lr=p.lrs[0],
-                momentum=p.momentum,
-                weight_decay=0.0,
-                schedule="constant",
-                seed=ctx.sub_seed(2),
-                check_every=p.check_every,
-                freeze_bn=True,
-            ),
+            config=self.train_config(ctx),
             stop_value=lambda m: follow_rate(m, xv, labels),
             threshold=1.0,
             report=lambda m: {
