@@ -19,7 +19,7 @@ from misentry.bench.presets import (
     get_preset,
 )
 from misentry.bench.results import ResultRow, read_results
-from misentry.bench.runner import JOB_FILE, run_bench
+from misentry.bench.runner import JOB_FILE, OVERALL, run_bench
 from misentry.cli import _verb
 from misentry.cli_bench import add_bench
 from misentry.data import get_dataset
@@ -143,6 +143,10 @@ def test_smoke_writes_the_report_and_reports_progress_per_stage(smoke: Run) -> N
     for stage in (*stages, "results"):
         done, total = finals[stage]
         assert done == total > 0
+    overall = [(done, total) for stage, done, total in smoke.stages if stage == OVERALL]
+    assert overall[-1] == (len(smoke.jobs), len(smoke.jobs))
+    assert [done for done, _ in overall] == sorted(done for done, _ in overall)
+    assert overall[0][1] == len(smoke.jobs)  # the run's size is known from its start
     assert all(job["status"] == "ran" for job in smoke.jobs)
 
 

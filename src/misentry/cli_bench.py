@@ -62,6 +62,10 @@ examples:
 console = Console()
 err_console = Console(stderr=True)
 
+LOG_WIDTH = 160
+"""Columns of the printed table when stdout is not a terminal (a log file): wide enough for the
+detection table of every method, which a terminal's width would cut."""
+
 
 def add_bench(verbs: Verbs, make_verb: MakeVerb) -> argparse.ArgumentParser:
     """Add ``misentry bench`` to ``verbs``; returns its parser."""
@@ -153,7 +157,8 @@ def _bench(args: argparse.Namespace) -> int:
         )
     seconds = time.perf_counter() - started
     rows = [r for r in read_results(results) if r.experiment == "detection" and r.ns in preset.ns]
-    console.print(_detection_table(rows, preset.methods, preset.ns, preset.name))
+    out = console if console.is_terminal else Console(width=LOG_WIDTH)
+    out.print(_detection_table(rows, preset.methods, preset.ns, preset.name))
     console.print(f"report: {results / 'report.md'} and {results / 'report.html'}")
     console.print(f"wall time {seconds:.0f} s ({args.executor} executor)")
     return 0

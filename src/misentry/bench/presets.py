@@ -108,12 +108,14 @@ class FrontierSpec:
 
     Attributes:
         covertness: the sweep's inner points (the strict and covert profiles are the main
-            ``misentry`` and ``misentry-covert`` bundles).
+            ``misentry`` and ``misentry-covert`` bundles). Denser near 1: on mnist5k the
+            confidence detector's AUC stays at 0.996 or above up to 0.75 and falls from there
+            (0.93 at 0.9, 0.89 at 0.95, 0.80 at 0.98, 0.70 for the covert profile).
         variants: the variants detection is measured on (those the preset builds).
         n_fingerprints: fingerprints per sweep bundle; None: the preset's.
     """
 
-    covertness: tuple[float, ...] = (0.25, 0.5, 0.75)
+    covertness: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 0.95)
     variants: tuple[str, ...] = SUBTLE_VARIANTS
     n_fingerprints: int | None = None
 

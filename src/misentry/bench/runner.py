@@ -103,6 +103,8 @@ class _Jobs:
     report: Progress
     log: list[dict[str, Any]] = field(default_factory=list)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    planned: int = 0
+    """Jobs the whole run plans (for the overall bar); 0: unknown."""
 
     def folder(self, job: Job) -> Path:
         return self.out / "jobs" / job_key(job.stage, job.config)
@@ -130,6 +132,7 @@ class _Jobs:
         def count(job: Job) -> None:
             done[job.stage] += 1
             self.report(_STAGE_NAMES.get(job.stage, job.stage), done[job.stage], totals[job.stage])
+            self.report(OVERALL, len(self.log), max(self.planned, len(self.log)))
 
         tasks: list[Task] = []
         by_name: dict[str, tuple[Path, Job]] = {}
@@ -169,6 +172,9 @@ class _Jobs:
 
 
 _STAGE_NAMES = {"instance": "instances", "bundle": "fingerprints"}
+
+OVERALL = "all jobs"
+"""The progress stage that counts every job of the run."""
 
 
 def _text(path: Path | None) -> str | None:
@@ -299,11 +305,25 @@ class _Plan:
         self.on = set(preset.experiments)
 
     def run(self) -> Path:
+        self.jobs.planned = self._planned()
         self.target_path = target_path = self._target()
         instances, bundles = self._instances_and_bundles(target_path)
         self.built = instances
         evaluated, leaked, swept = self._measurements(target_path, instances, bundles)
         return self._results(target_path, instances, bundles, evaluated, leaked, swept)
+
+    def _planned(self) -> int:
+        """How many jobs the run will have, the results stage included (a job planned twice,
+        e.g. an ablation configuration equal to a main bundle, runs once)."""
+        preset = self.preset
+        bundles = sum(len(specs) for specs in self._bundle_specs().values())
+        leakage = sensitivity = 0
+        if "leakage" in self.on:
+            spec = preset.leakage
+            leakage = len(spec.methods or preset.methods) * len(spec.attacks) * spec.instances
+        if "sensitivity" in self.on:
+            sensitivity = len(preset.sensitivity.variants) * preset.sensitivity.instances
+        return 2 + len(self._instance_keys()) + 2 * bundles + leakage + sensitivity
 
     # --- wave 1 ---------------------------------------------------------------------------------
 
@@ -580,6 +600,7 @@ class _Plan:
             }
         )
         self.jobs.report("results", 1, 1)
+        self.jobs.report(OVERALL, len(self.jobs.log), len(self.jobs.log))
         return folder
 
     def _frontier_rows(

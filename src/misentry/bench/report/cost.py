@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from misentry.bench.report.context import _Context
 from misentry.bench.report.document import Block, Cell, Plot, Table
 from misentry.bench.report.formatting import _num, _number, _value
-from misentry.bench.report.plotting import _figure, _tex_safe
+from misentry.bench.report.plotting import _figure, _log_x, _tex_safe
 from misentry.bench.report.vocabulary import FAMILIES, variant_family
 from misentry.bench.results import ResultRow
 
@@ -63,7 +63,7 @@ def _cost(rows: Sequence[ResultRow], context: _Context) -> tuple[Block, ...]:
             ax.set_yticklabels([_tex_safe(label) for label, _ in found], fontsize=7)
             ax.invert_yaxis()
             if all(v > 0 for _, v in found):
-                ax.set_xscale("log")
+                _log_x(ax)
             ax.set_xlabel(panel)
 
         caption = "Seconds per fingerprint per method and per tampered instance per variant (log)."

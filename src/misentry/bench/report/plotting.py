@@ -43,3 +43,16 @@ def _figure(panels: Sequence[str], draw: Callable[[Axes, str], None], width: flo
 def _tex_safe(label: str) -> str:
     """A legend label matplotlib shows as written (``$`` would start mathtext)."""
     return label.replace("$", r"\$")
+
+
+def _log_x(ax: Axes, symlog: bool = False) -> None:
+    """A logarithmic x axis (``symlog``: linear around 0) with plain tick labels: the default
+    ``10^k`` labels are mathtext, which looks for TeX fonts a minimal install lacks."""
+    from matplotlib.ticker import LogFormatter, NullFormatter
+
+    if symlog:
+        ax.set_xscale("symlog", linthresh=1)
+    else:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.xaxis.set_minor_formatter(NullFormatter())

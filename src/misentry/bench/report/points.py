@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 
 from misentry.bench.report.document import Cell, Table
 from misentry.bench.report.formatting import _interval, _num, _number, _pct, _unique
-from misentry.bench.report.plotting import _figure, _tex_safe
+from misentry.bench.report.plotting import _figure, _log_x, _tex_safe
 from misentry.bench.report.vocabulary import PLOT_NS, TABLE_NS
 from misentry.bench.results import ResultRow
 
@@ -113,7 +113,7 @@ def _curves_plot(
                 ax.plot(xs, ys, marker="o", color=colors[method], label=_tex_safe(method))
         if log_x:
             lowest = min(x for x, _ in _curve(mine, x_key))
-            ax.set_xscale("log") if lowest > 0 else ax.set_xscale("symlog", linthresh=1)
+            _log_x(ax, symlog=lowest <= 0)
         ax.set_title(_tex_safe(variant))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"DR@{PLOT_NS}")
