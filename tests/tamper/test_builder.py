@@ -126,16 +126,7 @@ def test_an_exact_copy_is_not_observable_and_a_nudged_one_is(bench: Bench) -> No
 
 
 def _ctx(bench: Bench, seed: int) -> TamperContext:
-    from misentry.data import get_dataset
-
-    return TamperContext(
-        target=bench.target,
-        target_record=bench.record,
-        data=DataAccess(bench.pools, Namespace.BENCH),
-        seed=seed,
-        dataset=get_dataset(bench.record.dataset),
-        spec=bench.spec,
-    )
+    return bench.context(Namespace.BENCH, seed)
 
 
 @dataclass(frozen=True)

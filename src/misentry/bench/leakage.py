@@ -46,7 +46,6 @@ import torch
 from torch import nn
 
 from misentry.bench.metrics import disagreements
-from misentry.data import get_dataset
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.models import TrainConfig, TrainHooks, TrainState, fit, predict
 from misentry.tamper.base import TamperContext, Tampering
@@ -63,7 +62,7 @@ from misentry.tamper.families.backdoor import (
 from misentry.tamper.families.finetune import FineTuning
 from misentry.tamper.families.poisoning import mixer
 from misentry.tamper.measure import accuracy
-from misentry.tamper.namespace import DataAccess, Namespace
+from misentry.tamper.namespace import Namespace
 from misentry.tamper.registry import get_variant
 
 ATTACKS: dict[str, str] = {"adaptive_backdoor": "backdoor", "adaptive_ft_last": "ft_last_lr1e-4"}
@@ -171,14 +170,7 @@ def kept_fraction(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> fl
 
 def attack_context(bench: Bench, seed: int) -> TamperContext:
     """The attacker's context: the bench's target, the ``bench`` namespace's data, ``seed``."""
-    return TamperContext(
-        target=bench.target,
-        target_record=bench.record,
-        data=DataAccess(bench.pools, Namespace.BENCH),
-        seed=seed,
-        dataset=get_dataset(bench.record.dataset),
-        spec=bench.spec,
-    )
+    return bench.context(Namespace.BENCH, seed)
 
 
 def adaptive_attack(

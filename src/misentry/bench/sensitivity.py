@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from misentry.data import ImageSet, get_dataset
+from misentry.data import ImageSet
 from misentry.models import TrainConfig, TrainHooks, TrainState, fit
 from misentry.tamper.base import TamperContext, Tampering, Variant
 from misentry.tamper.builder import Bench
@@ -222,16 +222,8 @@ def tamper_context(
 ) -> TamperContext:
     """The context :func:`~misentry.tamper.builder.build_instance` gives this instance's
     ``attempt``."""
-    return TamperContext(
-        target=bench.target,
-        target_record=bench.record,
-        data=DataAccess(bench.pools, namespace),
-        seed=instance_seed(namespace, variant.slug, index, attempt),
-        dataset=get_dataset(bench.record.dataset),
-        spec=bench.spec,
-        index=index,
-        attempt=attempt,
-    )
+    seed = instance_seed(namespace, variant.slug, index, attempt)
+    return bench.context(namespace, seed, index, attempt)
 
 
 def recipe_trajectory(tampering: Tampering, ctx: TamperContext) -> Trajectory:

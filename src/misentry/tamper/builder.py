@@ -89,6 +89,22 @@ class Bench:
             )
         return cls(model, target, pools, spec, Observer(model, Probe(all_images, probe)))
 
+    def context(
+        self, namespace: Namespace, seed: int, index: int = 0, attempt: int = 0
+    ) -> TamperContext:
+        """A recipe's context on this target: ``namespace``'s data, ``seed`` (the builder
+        derives it from the namespace, variant, instance and attempt)."""
+        return TamperContext(
+            target=self.target,
+            target_record=self.record,
+            data=DataAccess(self.pools, namespace),
+            seed=seed,
+            dataset=get_dataset(self.record.dataset),
+            spec=self.spec,
+            index=index,
+            attempt=attempt,
+        )
+
 
 def instance_request(variant: Variant, index: int, target: Record, config: BuildConfig) -> Record:
     """What an instance is asked to be, known before it is built: its id keys the resume.
@@ -122,19 +138,9 @@ def build_instance(bench: Bench, variant: Variant, index: int, config: BuildConf
     started = time.perf_counter()
     tampering = variant.tampering
     unobservable: list[dict[str, Any]] = []
-    data = DataAccess(bench.pools, config.namespace)
     for attempt in range(config.max_attempts):
         seed = instance_seed(config.namespace, variant.slug, index, attempt)
-        ctx = TamperContext(
-            target=bench.target,
-            target_record=bench.record,
-            data=data,
-            seed=seed,
-            dataset=get_dataset(bench.record.dataset),
-            spec=bench.spec,
-            index=index,
-            attempt=attempt,
-        )
+        ctx = bench.context(config.namespace, seed, index, attempt)
         tampered = tampering.build(ctx)
         seen = bench.observer.observe(tampered.model)
         while tampering.expect_observable and not seen.observable:
