@@ -139,7 +139,7 @@ def test_smoke_writes_the_report_and_reports_progress_per_stage(smoke: Run) -> N
     assert (smoke.results / "report.html").stat().st_size > 1000
     assert (smoke.results / "results.csv").is_file()
     finals = {stage: (done, total) for stage, done, total in smoke.stages}
-    stages = ("target", "instances", "fingerprints", "evaluation", "leakage", "sensitivity")
+    stages = ("target", "instances", "zoo", "fingerprints", "evaluation", "leakage", "sensitivity")
     for stage in (*stages, "results"):
         done, total = finals[stage]
         assert done == total > 0
@@ -148,6 +148,21 @@ def test_smoke_writes_the_report_and_reports_progress_per_stage(smoke: Run) -> N
     assert [done for done, _ in overall] == sorted(done for done, _ in overall)
     assert overall[0][1] == len(smoke.jobs)  # the run's size is known from its start
     assert all(job["status"] == "ran" for job in smoke.jobs)
+
+
+def test_misentry_bundles_share_one_zoo_built_by_jobs_of_its_own(smoke: Run) -> None:
+    zoo = [job for job in smoke.jobs if job["stage"] == "zoo"]
+    # digits-smoke's MiSentry zoo: one member, 2 meta-learning replicates + 1 for screening,
+    # built once for the main bundle, the two ablation bundles and the frontier bundle
+    assert len(zoo) == 3
+    manifests = [
+        json.loads(path.read_text())
+        for path in smoke.out.glob("jobs/bundle-*/bundle/manifest.json")
+        if json.loads(path.read_text())["method"] == "misentry"
+    ]
+    assert len(manifests) == 4
+    for manifest in manifests:
+        assert manifest["zoo_prebuilt_seconds"] == manifest["zoo_seconds"] > 0
 
 
 def test_a_rerun_reuses_every_job(smoke: Run) -> None:
@@ -271,7 +286,7 @@ def test_other_executors_give_the_local_results(smoke: Run, executor: str, tmp_p
     other = run(SMOKE, tmp_path / executor, executor=executor)
     assert comparable(other.results) == comparable(smoke.results)
     assert all(job["status"] == "ran" for job in other.jobs)
-    for name in ("target", "instance", "bundle"):  # the same jobs, by their content address
+    for name in ("target", "instance", "zoo", "bundle"):  # the same jobs, by their address
         mine = {j["job"] for j in smoke.jobs if j["stage"] == name}
         assert mine == {j["job"] for j in other.jobs if j["stage"] == name}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from misentry.fingerprint.base import GenerationError, SearchContext
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.fingerprint.misentry import Misentry, MisentryParams, benign_stable
 from misentry.fingerprint.stats import entropy
-from misentry.fingerprint.zoo import ZooMember, build_zoo
+from misentry.fingerprint.zoo import ZooMember, build_zoo, load_zoo_model, save_zoo_model
 from misentry.models import (
     Record,
     TargetConfig,
@@ -189,6 +190,31 @@ def test_the_zoo_reads_only_the_owners_held_out_pool(
     access = DataAccess(pools, Namespace.ZOO)
     with pytest.raises(NamespaceViolation):
         access.pool("attacker")
+
+
+def test_a_zoo_built_beforehand_gives_the_same_fingerprints(
+    target: nn.Module, record: Record, pools: Pools, strict: FingerprintSet, tmp_path: Path
+) -> None:
+    members = [ZooMember.parse(text) for text in CHEAP["zoo"]]
+    replicates = CHEAP["zoo_replicates"] + CHEAP["screening_replicates"]
+    stored = {}
+    for model in build_zoo(target, record, pools, members, replicates):
+        stored[model.name] = save_zoo_model(model, record, tmp_path / model.name)
+    loaded = load_zoo_model(stored["ft_last:0.0001x1#1"], record)
+    assert loaded.loaded
+    assert loaded.name == "ft_last:0.0001x1#1"
+    generator = Misentry.profile("strict", **{**CHEAP, "tie_classes": 2})
+    context = SearchContext(pools=pools, record=record, zoo=stored)
+    again = generator.generate(target, pools["source"], 12, seed=3, context=context)
+    assert torch.equal(again.images, strict.images)
+    assert torch.equal(again.labels, strict.labels)
+    # the build time spent beforehand still counts in the bundle's cost
+    assert again.manifest["zoo_prebuilt_seconds"] == pytest.approx(again.manifest["zoo_seconds"])
+    assert again.manifest["zoo_prebuilt_seconds"] > 0
+    assert strict.manifest["zoo_prebuilt_seconds"] == 0
+    other = dataclasses.replace(record, parent="0" * 64)  # a record id of another target
+    with pytest.raises(ValueError, match="is not a zoo model of target"):
+        load_zoo_model(stored["ft_last:0.0001x1#1"], other)
 
 
 @pytest.mark.parametrize(

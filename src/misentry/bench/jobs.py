@@ -97,9 +97,22 @@ def build_instance(payload: dict[str, Any]) -> dict[str, Any]:
     return {"record_id": record.record_id, "seconds": time.perf_counter() - started}
 
 
+def build_zoo_model(payload: dict[str, Any]) -> dict[str, Any]:
+    """Build replicate ``replicate`` of MiSentry's zoo member ``member`` (e.g.
+    ``ft_last:1e-4x4``) from the target at ``target_path`` into ``folder/record``."""
+    from misentry.fingerprint.zoo import ZooMember, build_zoo, save_zoo_model
+
+    bench = load_bench(payload)
+    member = ZooMember.parse(payload["member"])
+    (model,) = build_zoo(bench.target, bench.record, bench.pools, [member], 1, payload["replicate"])
+    save_zoo_model(model, bench.record, Path(payload["folder"]) / "record")
+    return {"seconds": model.seconds}
+
+
 def generate_bundle(payload: dict[str, Any]) -> dict[str, Any]:
     """Generate ``n`` fingerprints with ``method`` (``params`` overriding its defaults) for the
-    target at ``target_path``, seed ``seed``, into ``folder/bundle``."""
+    target at ``target_path``, seed ``seed``, into ``folder/bundle``; ``zoo`` names the zoo
+    models built beforehand (name -> record folder)."""
     from misentry.data import get_dataset
     from misentry.fingerprint.base import SearchContext
     from misentry.fingerprint.bundle import save_bundle
@@ -115,7 +128,8 @@ def generate_bundle(payload: dict[str, Any]) -> dict[str, Any]:
 
     generator = get_method(method, **payload["params"])
     normal = pools["test"].x
-    context = SearchContext(normal=normal, pools=pools, record=target, progress=inner)
+    zoo = {name: Path(path) for name, path in payload.get("zoo", {}).items()}
+    context = SearchContext(normal=normal, pools=pools, record=target, progress=inner, zoo=zoo)
     manifest = {
         "target_id": target.record_id,
         "dataset": target.dataset,

@@ -1,17 +1,18 @@
 """Run a benchmark preset end to end, as resumable content-addressed jobs on an executor.
 
-The run is a graph of jobs in four waves; the jobs of one wave are independent of each other, so
+The run is a graph of jobs in five waves; the jobs of one wave are independent of each other, so
 an executor may run them side by side (:mod:`misentry.bench.executors`):
 
 1. ``target``: train the target.
 2. ``instance`` (each BIVBench instance: the detection table's, and the leakage experiment's
-   base instances) and ``bundle`` (one per method, plus the ablation's and the frontier's
-   MiSentry configurations).
-3. ``evaluation`` (d, the fingerprints an instance labels differently, per bundle and instance),
+   base instances) and ``zoo`` (each model of MiSentry's zoos, in the ``zoo`` namespace, built
+   once and shared by every MiSentry bundle that uses it).
+3. ``bundle``: one per method, plus the ablation's and the frontier's MiSentry configurations.
+4. ``evaluation`` (d, the fingerprints an instance labels differently, per bundle and instance),
    ``leakage`` (adaptive attacks per method, attack and base instance) and ``sensitivity`` (one
    truncated tampering trajectory per variant and instance, every main bundle counted at each
    step count).
-4. ``results``: ``results.json``/``.csv``, ``covertness.json``, ``examples.png`` and the report,
+5. ``results``: ``results.json``/``.csv``, ``covertness.json``, ``examples.png`` and the report,
    rebuilt from the jobs' outputs on every run (seconds).
 
 Every job writes into ``out/jobs/<stage>-<sha256 of its JSON config>/``; the runner writes the
@@ -56,7 +57,7 @@ from misentry.tamper.namespace import Namespace
 from misentry.tamper.registry import select
 
 Progress = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``: stages ``target``, ``instances``, ``fingerprints``,
+"""``progress(stage, done, total)``: stages ``target``, ``instances``, ``zoo``, ``fingerprints``,
 ``evaluation``, ``leakage``, ``sensitivity``, ``results``, and, with the local executor,
 ``<bundle>: <step>`` inside a bundle's generation."""
 
@@ -316,14 +317,16 @@ class _Plan:
         """How many jobs the run will have, the results stage included (a job planned twice,
         e.g. an ablation configuration equal to a main bundle, runs once)."""
         preset = self.preset
-        bundles = sum(len(specs) for specs in self._bundle_specs().values())
+        specs = [spec for group in self._bundle_specs().values() for spec in group]
+        bundles = len(specs)
+        zoo = len({name for spec in specs for name in _zoo_names(spec)})
         leakage = sensitivity = 0
         if "leakage" in self.on:
             spec = preset.leakage
             leakage = len(spec.methods or preset.methods) * len(spec.attacks) * spec.instances
         if "sensitivity" in self.on:
             sensitivity = len(preset.sensitivity.variants) * preset.sensitivity.instances
-        return 2 + len(self._instance_keys()) + 2 * bundles + leakage + sensitivity
+        return 2 + len(self._instance_keys()) + zoo + 2 * bundles + leakage + sensitivity
 
     # --- wave 1 ---------------------------------------------------------------------------------
 
@@ -375,6 +378,7 @@ class _Plan:
     def _instances_and_bundles(
         self, target_path: Path
     ) -> tuple[list[_Instance], dict[str, dict[str, FingerprintSet]]]:
+        """Wave 2 (the instances and MiSentry's zoo models) and wave 3 (the bundles)."""
         target = load_record(target_path)
         namespace = Namespace("bench").value
         instance_jobs = []
@@ -383,9 +387,29 @@ class _Plan:
             config["namespace"] = namespace
             payload = {**config, "target_path": str(target_path)}
             instance_jobs.append(Job("instance", config, "build_instance", payload))
-        bundle_jobs = []
         specs = self._bundle_specs()
         flat = [(group, spec) for group, group_specs in specs.items() for spec in group_specs]
+        needs = {(group, spec.label): _zoo_names(spec) for group, spec in flat}
+        zoo_jobs: dict[str, Job] = {}
+        for name in sorted({name for names in needs.values() for name in names}):
+            member, replicate = name.rsplit("#", 1)
+            config = {"target_id": target.record_id, "member": member, "replicate": int(replicate)}
+            payload = {**config, "target_path": str(target_path)}
+            zoo_jobs[name] = Job("zoo", config, "build_zoo_model", payload)
+        folders = self.jobs.run_wave([*instance_jobs, *zoo_jobs.values()])
+        built = []
+        for job, folder in zip(instance_jobs, folders[: len(instance_jobs)], strict=True):
+            variant, index = job.config["variant"], job.config["index"]
+            path = instance_path(folder, variant, index)
+            record = load_record(path)
+            observable = bool(record.metrics.get("observable", True))
+            seconds = float(record.metrics.get("build_seconds", math.nan))
+            built.append(_Instance(variant, index, path, record.record_id, observable, seconds))
+        zoo = {
+            name: str(folder / "record")
+            for name, folder in zip(zoo_jobs, folders[len(instance_jobs) :], strict=True)
+        }
+        bundle_jobs = []
         for group, spec in flat:
             config = {
                 "target_id": target.record_id,
@@ -396,22 +420,15 @@ class _Plan:
             }
             label = spec.label if group == "main" else f"{group} {spec.label}"
             payload = {**config, "target_path": str(target_path), "label": label}
+            payload["zoo"] = {name: zoo[name] for name in needs[(group, spec.label)]}
             bundle_jobs.append(Job("bundle", config, "generate_bundle", payload))
-        folders = self.jobs.run_wave([*instance_jobs, *bundle_jobs])
-        built = []
-        for job, folder in zip(instance_jobs, folders[: len(instance_jobs)], strict=True):
-            variant, index = job.config["variant"], job.config["index"]
-            path = instance_path(folder, variant, index)
-            record = load_record(path)
-            observable = bool(record.metrics.get("observable", True))
-            seconds = float(record.metrics.get("build_seconds", math.nan))
-            built.append(_Instance(variant, index, path, record.record_id, observable, seconds))
+        folders = self.jobs.run_wave(bundle_jobs)
         bundles: dict[str, dict[str, FingerprintSet]] = {group: {} for group in specs}
-        for (group, spec), folder in zip(flat, folders[len(instance_jobs) :], strict=True):
+        for (group, spec), folder in zip(flat, folders, strict=True):
             bundles[group][spec.label] = load_bundle(folder / "bundle")
         self.bundle_paths = {
             (group, spec.label): folder / "bundle"
-            for (group, spec), folder in zip(flat, folders[len(instance_jobs) :], strict=True)
+            for (group, spec), folder in zip(flat, folders, strict=True)
         }
         return built, bundles
 
@@ -651,6 +668,21 @@ class _Plan:
         return rows
 
 
+def _zoo_names(spec: _BundleSpec) -> list[str]:
+    """The zoo models (:func:`~misentry.fingerprint.zoo.zoo_name`) a bundle's generator builds:
+    MiSentry's meta-learning and screening zoos; none for the other methods."""
+    from misentry.fingerprint.misentry import Misentry
+    from misentry.fingerprint.registry import get_method
+    from misentry.fingerprint.zoo import zoo_name
+
+    generator = get_method(spec.method, **spec.params)
+    if not isinstance(generator, Misentry):
+        return []
+    p = generator.params
+    replicates = p.zoo_replicates + (p.screening_replicates if p.screening else 0)
+    return [zoo_name(member, r) for member in p.members for r in range(replicates)]
+
+
 def _changes(changes: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in changes.items()) or "(the strict profile)"
 
@@ -744,14 +776,16 @@ def bundle_rows(
     measured: Covertness | None = None,
 ) -> list[ResultRow]:
     """One bundle's rows: detection for each variant and N_S, its cost per fingerprint (seconds,
-    forward and backward passes, zoo included) and its covertness against the ``test`` pool
-    (``measured``, or measured here given the target and its pools; none without either)."""
+    forward and backward passes, zoo included, also a zoo built by jobs of its own) and its
+    covertness against the ``test`` pool (``measured``, or measured here given the target and
+    its pools; none without either)."""
     m, n = fps.manifest, len(fps)
     rows = detection_rows(dataset, method, n, d_per_variant, ns_values)
     forward = m.get("forward_passes", 0) + m.get("zoo_forward_passes", 0)
     backward = m.get("backward_passes", 0) + m.get("zoo_backward_passes", 0)
+    seconds = m.get("generation_seconds", float("nan")) + m.get("zoo_prebuilt_seconds", 0.0)
     cost = {
-        "seconds_per_fingerprint": m.get("generation_seconds", float("nan")) / n,
+        "seconds_per_fingerprint": seconds / n,
         "forward_per_fingerprint": forward / n,
         "backward_per_fingerprint": backward / n,
     }

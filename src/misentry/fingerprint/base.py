@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -45,12 +46,16 @@ class SearchContext:
             held-out ``val`` pool (MiSentry's zoo and entropy band). None: not available.
         record: the target's record (dataset, architecture), for the same methods.
         progress: ``progress(stage, done, total)``, called as long work advances.
+        zoo: zoo models built beforehand (:func:`misentry.fingerprint.zoo.zoo_name` -> the
+            folder :func:`~misentry.fingerprint.zoo.save_zoo_model` wrote), loaded instead of
+            built; the benchmark builds each once and shares it between bundles.
     """
 
     normal: torch.Tensor | None = None
     pools: Pools | None = None
     record: Record | None = None
     progress: Callable[[str, int, int], None] | None = None
+    zoo: Mapping[str, Path] | None = None
 
     def report(self, stage: str, done: int, total: int) -> None:
         if self.progress is not None:

@@ -336,6 +336,8 @@ class Misentry(Generator):
             "zoo": zoo_summary(meta_zoo),
             "screening_zoo": zoo_summary(screen_zoo),
             "zoo_seconds": sum(m.seconds for m in meta_zoo + screen_zoo),
+            # built beforehand and loaded: their build time is not in generation_seconds
+            "zoo_prebuilt_seconds": sum(m.seconds for m in meta_zoo + screen_zoo if m.loaded),
             "zoo_forward_passes": sum(c.forward for c in zoo_passes),
             "zoo_backward_passes": sum(c.backward for c in zoo_passes),
             "candidates": count,
@@ -364,7 +366,14 @@ class Misentry(Generator):
 
         context.report("zoo", 0, total)
         meta = build_zoo(
-            target, context.record, context.pools, p.members, p.zoo_replicates, 0, on_model
+            target,
+            context.record,
+            context.pools,
+            p.members,
+            p.zoo_replicates,
+            0,
+            on_model,
+            context.zoo,
         )
         screen = (
             build_zoo(
@@ -375,6 +384,7 @@ class Misentry(Generator):
                 p.screening_replicates,
                 p.zoo_replicates,
                 on_model,
+                context.zoo,
             )
             if p.screening
             else []

@@ -17,15 +17,18 @@ so the calibration can be checked against real instances.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from misentry.data import Pools, get_dataset
-from misentry.models import Record
+from misentry.models import Record, load_record, model_from_record, model_record, save_record
+from misentry.models.spec import InputSpec
 from misentry.models.target import input_spec
 from misentry.tamper.base import TamperContext, Tampering
 from misentry.tamper.families.finetune import (
@@ -84,12 +87,14 @@ class ZooMember:
 
 @dataclass
 class ZooModel:
-    """A built zoo model: which member and replicate it is, the model, and its update size."""
+    """A built zoo model: which member and replicate it is, the model, its update size, the
+    seconds building it took, and whether it was loaded (built beforehand) rather than built."""
 
     name: str
     model: nn.Module
     relative_update: float
     seconds: float
+    loaded: bool = False
 
 
 def update_size(target: nn.Module, model: nn.Module) -> float:
@@ -101,6 +106,11 @@ def update_size(target: nn.Module, model: nn.Module) -> float:
     return float((diff / max(total, 1e-30)) ** 0.5)
 
 
+def zoo_name(member: ZooMember | str, replicate: int) -> str:
+    """A zoo model's name: ``member#replicate`` (its member and replicate fix its seed)."""
+    return f"{member}#{replicate}"
+
+
 def build_zoo(
     target: nn.Module,
     record: Record,
@@ -109,15 +119,16 @@ def build_zoo(
     replicates: int,
     first_replicate: int = 0,
     on_model: Callable[[ZooModel], None] | None = None,
+    stored: Mapping[str, Path] | None = None,
 ) -> list[ZooModel]:
     """``replicates`` models of every member, in the ``zoo`` namespace.
 
     Replicate ``r`` of member ``m`` gets the seed ``instance_seed(zoo, str(m), r)``; disjoint
     ranges of ``first_replicate`` give disjoint zoos (MiSentry keeps one for meta-learning and
-    one, held out, for screening).
+    one, held out, for screening). A model named in ``stored`` (:func:`zoo_name` -> the folder
+    :func:`save_zoo_model` wrote) is loaded instead of built; it must have been built from
+    ``record``'s target.
     """
-    import time
-
     data = DataAccess(pools, Namespace.ZOO)
     dataset = get_dataset(record.dataset)
     spec = input_spec(record.dataset)
@@ -125,29 +136,73 @@ def build_zoo(
     for member in members:
         tampering = member.tampering()
         for replicate in range(first_replicate, first_replicate + replicates):
-            started = time.perf_counter()
-            ctx = TamperContext(
-                target=target,
-                target_record=record,
-                data=data,
-                seed=instance_seed(Namespace.ZOO, str(member), replicate),
-                dataset=dataset,
-                spec=spec,
-                index=replicate,
-            )
-            model = tampering.build(ctx).model.eval()
-            for parameter in model.parameters():
+            name = zoo_name(member, replicate)
+            if stored is not None and name in stored:
+                built = load_zoo_model(stored[name], record)
+            else:
+                started = time.perf_counter()
+                ctx = TamperContext(
+                    target=target,
+                    target_record=record,
+                    data=data,
+                    seed=instance_seed(Namespace.ZOO, str(member), replicate),
+                    dataset=dataset,
+                    spec=spec,
+                    index=replicate,
+                )
+                model = tampering.build(ctx).model.eval()
+                seconds = time.perf_counter() - started
+                built = ZooModel(name, model, update_size(target, model), seconds)
+            for parameter in built.model.parameters():
                 parameter.requires_grad_(False)
-            built = ZooModel(
-                f"{member}#{replicate}",
-                model,
-                update_size(target, model),
-                time.perf_counter() - started,
-            )
             zoo.append(built)
             if on_model is not None:
                 on_model(built)
     return zoo
+
+
+def save_zoo_model(model: ZooModel, target: Record, path: Path | str) -> Path:
+    """Write a built zoo model as a record (kind ``tampered``, namespace ``zoo``) at ``path``;
+    its build time and update size are kept in its metrics."""
+    member, replicate = model.name.rsplit("#", 1)
+    if target.input is None or target.architecture is None:
+        raise ValueError(f"target {target.record_id[:16]} has no input spec or architecture")
+    record = model_record(
+        model.model,
+        kind="tampered",
+        dataset=target.dataset,
+        architecture=target.architecture,
+        spec=InputSpec.from_json(target.input),
+        data_seed=target.data_seed,
+        model_seed=instance_seed(Namespace.ZOO, member, int(replicate)),
+        params={
+            "namespace": Namespace.ZOO.value,
+            "zoo_member": member,
+            "replicate": int(replicate),
+        },
+        parent=target.record_id,
+        metrics={"build_seconds": model.seconds, "relative_update": model.relative_update},
+    )
+    save_record(record, path, overwrite=True)
+    return Path(path)
+
+
+def load_zoo_model(path: Path | str, target: Record) -> ZooModel:
+    """The zoo model :func:`save_zoo_model` wrote at ``path``, checked to come from ``target``."""
+    record = load_record(path)
+    params = record.params
+    if record.parent != target.record_id or params.get("namespace") != Namespace.ZOO.value:
+        raise ValueError(
+            f"{path} is not a zoo model of target {target.record_id[:16]} "
+            f"(parent {str(record.parent)[:16]}, namespace {params.get('namespace')!r})"
+        )
+    return ZooModel(
+        zoo_name(params["zoo_member"], params["replicate"]),
+        model_from_record(record).eval(),
+        float(record.metrics["relative_update"]),
+        float(record.metrics["build_seconds"]),
+        loaded=True,
+    )
 
 
 def zoo_summary(zoo: list[ZooModel]) -> list[dict[str, Any]]:
