@@ -33,7 +33,7 @@ import torch
 
 from misentry.bench.metrics import detection_rate, disagreements
 from misentry.bench.results import ResultRow, write_results
-from misentry.bench.runner import bundle_rows
+from misentry.bench.rows import bundle_rows
 from misentry.data import get_dataset
 from misentry.fingerprint.base import SearchContext
 from misentry.fingerprint.bundle import FingerprintSet, load_bundle, load_key, save_bundle
@@ -138,7 +138,7 @@ def result_rows(
     bundles: dict[str, FingerprintSet],
     d: dict[str, dict[str, list[int]]],
 ) -> list[ResultRow]:
-    """Each bundle's rows (:func:`misentry.bench.runner.bundle_rows`): detection for N_S 1..20,
+    """Each bundle's rows (:func:`misentry.bench.rows.bundle_rows`): detection for N_S 1..20,
     cost and, with --target, covertness."""
     target = pools = None
     if args.target is not None:

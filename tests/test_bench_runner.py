@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from misentry.bench.executors import make_executor
+from misentry.bench.jobgraph import JOB_FILE, OVERALL
 from misentry.bench.presets import (
     OPTIONAL_EXPERIMENTS,
     PRESETS,
@@ -19,7 +20,7 @@ from misentry.bench.presets import (
     get_preset,
 )
 from misentry.bench.results import ResultRow, read_results
-from misentry.bench.runner import JOB_FILE, OVERALL, run_bench
+from misentry.bench.runner import run_bench
 from misentry.cli import _verb
 from misentry.cli_bench import add_bench
 from misentry.data import get_dataset

@@ -23,13 +23,11 @@ executor. ``out/run.json`` lists the jobs of the last run and whether each ran o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,143 +41,28 @@ from misentry.bench.covertness import (
     example_grid,
     write_covertness_samples,
 )
-from misentry.bench.executors import Executor, Task, make_executor
+from misentry.bench.executors import Executor, make_executor
+from misentry.bench.jobgraph import OVERALL, Job, Jobs, Progress, bundle_hash, path_text
 from misentry.bench.presets import Preset
 from misentry.bench.report import build_report
-from misentry.bench.results import ResultRow, detection_rows, measurement_row, write_results
+from misentry.bench.results import ResultRow, detection_rows, write_results
+from misentry.bench.rows import (
+    EXPERIMENT_NS,
+    RESULTS_NS,
+    bundle_rows,
+    changes_text,
+    leakage_rows,
+    sensitivity_rows,
+    tampering_cost_rows,
+)
 from misentry.data import Pools, get_dataset
 from misentry.fingerprint.bundle import FingerprintSet, load_bundle
 from misentry.models import load_record, model_from_record
-from misentry.models.record import canonical_json, json_ready
+from misentry.models.record import json_ready
 from misentry.models.target import target_record_stub
 from misentry.tamper.builder import instance_path
 from misentry.tamper.namespace import Namespace
 from misentry.tamper.registry import select
-
-Progress = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``: stages ``target``, ``instances``, ``zoo``, ``fingerprints``,
-``evaluation``, ``leakage``, ``sensitivity``, ``results``, and, with the local executor,
-``<bundle>: <step>`` inside a bundle's generation."""
-
-JOB_FILE = "job.json"
-RESULTS_NS = tuple(range(1, 21))
-"""N_S values of the detection rows in results.json (those above N are left out)."""
-
-EXPERIMENT_NS = (1, 5)
-"""N_S values of the leakage, sensitivity, ablation and frontier rows."""
-
-JOBS_MODULE = "misentry.bench.jobs"
-
-
-def job_key(stage: str, config: dict[str, Any]) -> str:
-    """The folder name of a job: its stage and the first 16 hex digits of its config's hash."""
-    digest = hashlib.sha256(canonical_json({"stage": stage, **config}).encode()).hexdigest()
-    return f"{stage}-{digest[:16]}"
-
-
-def _job_document(stage: str, config: dict[str, Any]) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(json.dumps(json_ready({"stage": stage, **config})))
-    return document
-
-
-@dataclass(frozen=True)
-class Job:
-    """One job of a wave: its stage (the progress bar it counts in), its identity (``config``,
-    hashed into its folder), the function of :mod:`misentry.bench.jobs` that runs it and the
-    payload that function gets besides ``folder`` and ``root`` (paths of its inputs)."""
-
-    stage: str
-    config: dict[str, Any]
-    function: str
-    payload: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class _Jobs:
-    """The job folders of one run, what happened to each (for ``run.json``), and the executor."""
-
-    out: Path
-    executor: Executor
-    root: Path | None
-    report: Progress
-    log: list[dict[str, Any]] = field(default_factory=list)
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    planned: int = 0
-    """Jobs the whole run plans (for the overall bar); 0: unknown."""
-
-    def folder(self, job: Job) -> Path:
-        return self.out / "jobs" / job_key(job.stage, job.config)
-
-    def finished(self, job: Job) -> bool:
-        marker = self.folder(job) / JOB_FILE
-        if not marker.is_file():
-            return False
-        try:
-            stored = json.loads(marker.read_text())
-        except json.JSONDecodeError:
-            return False
-        return bool(stored == _job_document(job.stage, job.config))
-
-    def run_wave(self, wave: Sequence[Job]) -> list[Path]:
-        """Run the unfinished jobs of ``wave`` on the executor; returns each job's folder."""
-        unique: dict[Path, Job] = {}
-        for job in wave:
-            unique.setdefault(self.folder(job), job)
-        totals: dict[str, int] = defaultdict(int)
-        for job in unique.values():
-            totals[job.stage] += 1
-        done: dict[str, int] = defaultdict(int)
-
-        def count(job: Job) -> None:
-            done[job.stage] += 1
-            self.report(_STAGE_NAMES.get(job.stage, job.stage), done[job.stage], totals[job.stage])
-            self.report(OVERALL, len(self.log), max(self.planned, len(self.log)))
-
-        tasks: list[Task] = []
-        by_name: dict[str, tuple[Path, Job]] = {}
-        for folder, job in unique.items():
-            if self.finished(job):
-                self._note(folder, job, "reused", 0.0)
-                count(job)
-                continue
-            payload = {**job.payload, "folder": str(folder), "root": _text(self.root)}
-            task = Task(folder.name, f"{JOBS_MODULE}:{job.function}", json_ready(payload))
-            tasks.append(task)
-            by_name[task.name] = (folder, job)
-        started = {name: time.perf_counter() for name in by_name}
-
-        def on_done(task: Task, result: dict[str, Any]) -> None:
-            folder, job = by_name[task.name]
-            folder.mkdir(parents=True, exist_ok=True)
-            document = json.dumps(_job_document(job.stage, job.config), indent=1)
-            write_text_atomic(folder / JOB_FILE, document)
-            self.results[folder.name] = result
-            self._note(folder, job, "ran", time.perf_counter() - started[task.name])
-            count(job)
-
-        if tasks:
-            local = self.executor.name == "local"
-            job_functions.PROGRESS = self.report if local else None
-            try:
-                self.executor.run(tasks, on_done)
-            finally:
-                job_functions.PROGRESS = None
-        return [self.folder(job) for job in wave]
-
-    def _note(self, folder: Path, job: Job, status: str, seconds: float) -> None:
-        self.log.append(
-            {"stage": job.stage, "job": folder.name, "status": status, "seconds": seconds}
-        )
-
-
-_STAGE_NAMES = {"instance": "instances", "bundle": "fingerprints"}
-
-OVERALL = "all jobs"
-"""The progress stage that counts every job of the run."""
-
-
-def _text(path: Path | None) -> str | None:
-    return None if path is None else str(path)
 
 
 def resolve(
@@ -245,7 +128,7 @@ def run_bench(
     own = executor is None
     runner = executor or make_executor("local")
     try:
-        plan = _Plan(preset, root, seed, _Jobs(out, runner, _path(root), progress or _quiet))
+        plan = _Plan(preset, root, seed, Jobs(out, runner, _path(root), progress or _quiet))
         results = plan.run()
     finally:
         if own:
@@ -301,7 +184,7 @@ class _BundleSpec:
 class _Plan:
     """The waves of one run, built from the preset and the previous waves' outputs."""
 
-    def __init__(self, preset: Preset, root: Path | str | None, seed: int, jobs: _Jobs) -> None:
+    def __init__(self, preset: Preset, root: Path | str | None, seed: int, jobs: Jobs) -> None:
         self.preset, self.root, self.seed, self.jobs = preset, root, seed, jobs
         self.on = set(preset.experiments)
 
@@ -465,7 +348,7 @@ class _Plan:
             for label, fps in group_bundles.items():
                 config = {
                     "method": label if group == "main" else f"{group}:{label}",
-                    "bundle": _bundle_hash(fps),
+                    "bundle": bundle_hash(fps),
                     "instances": [i.record_id for i in on],
                 }
                 payload = {
@@ -510,7 +393,7 @@ class _Plan:
                     base = by_key[(ATTACKS[attack], index)]
                     config = {
                         "attack": attack,
-                        "bundle": _bundle_hash(fps),
+                        "bundle": bundle_hash(fps),
                         "instance": base.record_id,
                         "n_leaked": list(spec.n_leaked),
                         "seed": self.seed,
@@ -542,7 +425,7 @@ class _Plan:
                     "variant": variant,
                     "index": index,
                     "steps": list(steps),
-                    "bundles": {m: _bundle_hash(fps) for m, fps in main.items()},
+                    "bundles": {m: bundle_hash(fps) for m, fps in main.items()},
                 }
                 payload = {
                     "variant": variant,
@@ -558,7 +441,7 @@ class _Plan:
         from misentry.bench.sensitivity import default_steps
 
         bench = job_functions.load_bench(
-            {"target_path": str(target_path), "root": _text(self.jobs.root)}
+            {"target_path": str(target_path), "root": path_text(self.jobs.root)}
         )
         return tuple(default_steps(variant, bench))
 
@@ -588,9 +471,11 @@ class _Plan:
         for method, fps in bundles["main"].items():
             d = evaluated[("main", method)]
             rows += bundle_rows(dataset, method, fps, d, ns_values, measured=measured[method])
-        rows += _tampering_cost_rows(dataset, self._detection_instances(built))
-        rows += _leakage_rows(dataset, bundles["main"], leaked)
-        rows += _sensitivity_rows(dataset, bundles["main"], swept)
+        rows += tampering_cost_rows(
+            dataset, [(i.variant, i.build_seconds) for i in self._detection_instances(built)]
+        )
+        rows += leakage_rows(dataset, bundles["main"], leaked)
+        rows += sensitivity_rows(dataset, bundles["main"], swept)
         for name, changes in preset.ablation.configs if "ablation" in self.on else ():
             rows += detection_rows(
                 dataset,
@@ -599,7 +484,7 @@ class _Plan:
                 evaluated[("ablation", name)],
                 EXPERIMENT_NS,
                 "ablation",
-                {"config": name, "changes": _changes(changes)},
+                {"config": name, "changes": changes_text(changes)},
                 name,
             )
         if "frontier" in self.on:
@@ -681,117 +566,3 @@ def _zoo_names(spec: _BundleSpec) -> list[str]:
     p = generator.params
     replicates = p.zoo_replicates + (p.screening_replicates if p.screening else 0)
     return [zoo_name(member, r) for member in p.members for r in range(replicates)]
-
-
-def _changes(changes: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in changes.items()) or "(the strict profile)"
-
-
-def _tampering_cost_rows(dataset: str, instances: Sequence[_Instance]) -> list[ResultRow]:
-    """Per variant, the time to build its instances (from their records)."""
-    seconds: dict[str, list[float]] = defaultdict(list)
-    for instance in instances:
-        if math.isfinite(instance.build_seconds):
-            seconds[instance.variant].append(instance.build_seconds)
-    rows = []
-    for variant, values in seconds.items():
-        extra = {
-            "build_seconds_mean": sum(values) / len(values),
-            "build_seconds_max": max(values),
-            "instances": len(values),
-        }
-        row = measurement_row("cost", dataset, "tampering", 1, extra, variant=variant)
-        rows.append(replace(row, n_instances=len(values)))
-    return rows
-
-
-def _leakage_rows(
-    dataset: str,
-    main: dict[str, FingerprintSet],
-    leaked: dict[tuple[str, str, int], list[dict[str, Any]]],
-) -> list[ResultRow]:
-    grouped: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
-    for (method, attack, _index), points in leaked.items():
-        for point in points:
-            grouped[(method, attack, int(point["n_leaked"]))].append(point)
-    rows = []
-    for (method, attack, k), points in sorted(grouped.items()):
-        n_unleaked = len(main[method]) - k
-        extra = {
-            "n_leaked": k,
-            "leaked_kept": _mean(p["leaked_kept"] for p in points),
-            "clean_accuracy": _mean(p["clean_accuracy"] for p in points),
-            "attack_success": _mean(p["attack_success"] for p in points),
-        }
-        ds = {attack: [int(p["d"]) for p in points]}
-        rows += detection_rows(
-            dataset, method, n_unleaked, ds, EXPERIMENT_NS, "leakage", extra, f"n_leaked={k}"
-        )
-    return rows
-
-
-def _sensitivity_rows(
-    dataset: str,
-    main: dict[str, FingerprintSet],
-    swept: dict[tuple[str, int], list[dict[str, Any]]],
-) -> list[ResultRow]:
-    grouped: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    for (variant, _index), points in swept.items():
-        for point in points:
-            grouped[(variant, int(point["steps"]))].append(point)
-    rows = []
-    for (variant, steps), points in sorted(grouped.items()):
-        extra = {
-            "steps": steps,
-            "clean_accuracy": _mean(p["clean_accuracy"] for p in points),
-            "attack_success": _mean(p["attack_success"] for p in points),
-        }
-        for method, fps in main.items():
-            ds = {variant: [int(p["d"][method]) for p in points]}
-            rows += detection_rows(
-                dataset, method, len(fps), ds, EXPERIMENT_NS, "sensitivity", extra, f"steps={steps}"
-            )
-    return rows
-
-
-def _mean(values: Iterable[Any]) -> float | None:
-    numbers = [float(v) for v in values if v is not None]
-    return sum(numbers) / len(numbers) if numbers else None
-
-
-def _bundle_hash(fps: FingerprintSet) -> str:
-    digest = hashlib.sha256(fps.images.contiguous().numpy().tobytes())
-    digest.update(fps.labels.contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def bundle_rows(
-    dataset: str,
-    method: str,
-    fps: FingerprintSet,
-    d_per_variant: dict[str, list[int]],
-    ns_values: Iterable[int],
-    target: torch.nn.Module | None = None,
-    pools: Pools | None = None,
-    measured: Covertness | None = None,
-) -> list[ResultRow]:
-    """One bundle's rows: detection for each variant and N_S, its cost per fingerprint (seconds,
-    forward and backward passes, zoo included, also a zoo built by jobs of its own) and its
-    covertness against the ``test`` pool (``measured``, or measured here given the target and
-    its pools; none without either)."""
-    m, n = fps.manifest, len(fps)
-    rows = detection_rows(dataset, method, n, d_per_variant, ns_values)
-    forward = m.get("forward_passes", 0) + m.get("zoo_forward_passes", 0)
-    backward = m.get("backward_passes", 0) + m.get("zoo_backward_passes", 0)
-    seconds = m.get("generation_seconds", float("nan")) + m.get("zoo_prebuilt_seconds", 0.0)
-    cost = {
-        "seconds_per_fingerprint": seconds / n,
-        "forward_per_fingerprint": forward / n,
-        "backward_per_fingerprint": backward / n,
-    }
-    rows.append(measurement_row("cost", dataset, method, n, cost))
-    if measured is None and target is not None and pools is not None:
-        measured = covertness(target, fps, pools["test"].x, pools["source"].x)
-    if measured is not None:
-        rows.append(measurement_row("covertness", dataset, method, n, measured.to_row_extra()))
-    return rows
