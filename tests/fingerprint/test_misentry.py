@@ -282,3 +282,9 @@ def test_selection_gives_every_class_its_floor_before_the_best_take_the_rest() -
     assert sorted(labels[chosen].tolist()) == [0, 0, 0, 1, 2, 3]
     assert chosen[:4] == [0, 8, 9, 10]  # one per class first, best first
     assert len(set(index[chosen].tolist())) == 6
+
+
+@pytest.mark.parametrize("text", ["ft_last:1e-4x4", "ft_all:1e-5", "retrain_last", "retrain_allx2"])
+def test_a_zoo_member_reads_back_from_its_name(text: str) -> None:
+    member = ZooMember.parse(text)
+    assert ZooMember.parse(str(member)) == member  # zoo jobs pass members by name

@@ -17,6 +17,7 @@ so the calibration can be checked against real instances.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ from misentry.tamper.namespace import DataAccess, Namespace, instance_seed
 
 ZOO_KINDS = ("ft_last", "ft_all", "retrain_last", "retrain_all")
 
+_MEMBER = re.compile(r"(?P<kind>[a-z_]+)(?::(?P<lr>[^x]*))?(?:x(?P<epochs>.*))?")
+"""``kind[:lr][xEPOCHS]`` (kinds hold no ``x``)."""
+
 
 @dataclass(frozen=True)
 class ZooMember:
@@ -62,15 +66,17 @@ class ZooMember:
 
     @classmethod
     def parse(cls, text: str) -> ZooMember:
-        """``ft_last:1e-4x4`` -> ZooMember("ft_last", 1e-4, 4); lr and epochs are optional."""
-        kind, _, rest = text.strip().partition(":")
-        lr_text, _, epochs_text = rest.partition("x")
+        """``ft_last:1e-4x4`` -> ZooMember("ft_last", 1e-4, 4); lr and epochs are optional
+        (``retrain_last``, ``retrain_lastx4``), so ``parse(str(member)) == member``."""
+        found = _MEMBER.fullmatch(text.strip())
+        if found is None:
+            raise ValueError(f"zoo member {text!r}: expected kind[:lr][xEPOCHS]")
         try:
-            lr = float(lr_text) if lr_text else None
-            epochs = int(epochs_text) if epochs_text else 4
+            lr = float(found["lr"]) if found["lr"] else None
+            epochs = int(found["epochs"]) if found["epochs"] else 4
         except ValueError:
             raise ValueError(f"zoo member {text!r}: expected kind[:lr][xEPOCHS]") from None
-        return cls(kind, lr, epochs)
+        return cls(found["kind"], lr, epochs)
 
     def __str__(self) -> str:
         lr = "" if self.lr is None else f":{self.lr:g}"
