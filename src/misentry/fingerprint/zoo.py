@@ -17,6 +17,7 @@ so the calibration can be checked against real instances.
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -138,6 +139,7 @@ def build_zoo(
     data = DataAccess(pools, Namespace.ZOO)
     dataset = get_dataset(record.dataset)
     spec = input_spec(record.dataset)
+    base = _unhooked(target)
     zoo: list[ZooModel] = []
     for member in members:
         tampering = member.tampering()
@@ -148,7 +150,7 @@ def build_zoo(
             else:
                 started = time.perf_counter()
                 ctx = TamperContext(
-                    target=target,
+                    target=base,
                     target_record=record,
                     data=data,
                     seed=instance_seed(Namespace.ZOO, str(member), replicate),
@@ -165,6 +167,17 @@ def build_zoo(
             if on_model is not None:
                 on_model(built)
     return zoo
+
+
+def _unhooked(target: nn.Module) -> nn.Module:
+    """A copy of ``target`` without forward hooks. A caller counting the target's passes hooks
+    it (:func:`~misentry.fingerprint.base.count_passes`); zoo models are copies of the target,
+    and copies made from the hooked target kept counting into the target's count, through
+    their training and through the whole search."""
+    clean = copy.deepcopy(target)
+    for module in clean.modules():
+        module._forward_hooks.clear()
+    return clean
 
 
 def save_zoo_model(model: ZooModel, target: Record, path: Path | str) -> Path:
