@@ -64,7 +64,6 @@ class Jobs:
     root: Path | None
     report: Progress
     log: list[dict[str, Any]] = field(default_factory=list)
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
     planned: int = 0
     """Jobs the whole run plans (for the overall bar); 0: unknown."""
 
@@ -109,12 +108,11 @@ class Jobs:
             by_name[task.name] = (folder, job)
         started = {name: time.perf_counter() for name in by_name}
 
-        def on_done(task: Task, result: dict[str, Any]) -> None:
+        def on_done(task: Task, _result: dict[str, Any]) -> None:
             folder, job = by_name[task.name]
             folder.mkdir(parents=True, exist_ok=True)
             document = json.dumps(_job_document(job.stage, job.config), indent=1)
             write_text_atomic(folder / JOB_FILE, document)
-            self.results[folder.name] = result
             self._note(folder, job, "ran", time.perf_counter() - started[task.name])
             count(job)
 
