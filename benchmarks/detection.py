@@ -37,7 +37,7 @@ from misentry.bench.rows import bundle_rows
 from misentry.data import get_dataset
 from misentry.fingerprint.base import SearchContext
 from misentry.fingerprint.bundle import FingerprintSet, load_bundle, load_key, save_bundle
-from misentry.fingerprint.misentry import inside_bands, normal_bands
+from misentry.fingerprint.methods.misentry import inside_bands, normal_bands
 from misentry.fingerprint.registry import get_method
 from misentry.models import load_model
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from misentry.data import ImageSet, get_dataset
+from misentry.data import ImageSet, Pools, get_dataset
 from misentry.models import Record, TargetConfig, TrainConfig, model_from_record, train_target
 
 
@@ -19,6 +19,12 @@ def _two_threads() -> None:
 @pytest.fixture(scope="session")
 def digits() -> ImageSet:
     return get_dataset("digits").load()
+
+
+@pytest.fixture(scope="session")
+def digits_pools() -> Pools:
+    """The digits dataset cut into its five pools with data seed 0 (shared, read-only)."""
+    return get_dataset("digits").pools(0)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from misentry.data import ImageSet
-from misentry.fingerprint.ibsf import partial_entropy, partial_entropy_max
+from misentry.fingerprint.methods.ibsf import partial_entropy, partial_entropy_max
 from misentry.fingerprint.registry import get_method
 from misentry.models import logits
 

@@ -15,9 +15,14 @@ from torch import nn
 from misentry.data import Pools, get_dataset
 from misentry.fingerprint.base import GenerationError, SearchContext
 from misentry.fingerprint.bundle import FingerprintSet
-from misentry.fingerprint.misentry import Misentry, MisentryParams, benign_stable
+from misentry.fingerprint.methods.misentry import Misentry, MisentryParams, benign_stable
+from misentry.fingerprint.methods.misentry.zoo import (
+    ZooMember,
+    build_zoo,
+    load_zoo_model,
+    save_zoo_model,
+)
 from misentry.fingerprint.stats import entropy
-from misentry.fingerprint.zoo import ZooMember, build_zoo, load_zoo_model, save_zoo_model
 from misentry.models import (
     Record,
     TargetConfig,
@@ -274,7 +279,7 @@ def test_the_window_interpolates_on_a_log_scale() -> None:
 
 
 def test_selection_gives_every_class_its_floor_before_the_best_take_the_rest() -> None:
-    from misentry.fingerprint.misentry import _spread
+    from misentry.fingerprint.methods.misentry import _spread
 
     # 12 candidates, best first: the first eight are class 0, then one each of classes 1-3,
     # then a second candidate from source 0

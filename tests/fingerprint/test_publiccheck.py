@@ -13,7 +13,7 @@ from misentry.data import ImageSet, Pools, get_dataset
 from misentry.fingerprint.autoencoder import train_autoencoder
 from misentry.fingerprint.base import GenerationError, SearchContext, on_lattice
 from misentry.fingerprint.bundle import FingerprintSet
-from misentry.fingerprint.publiccheck import PublicCheck, PublicCheckParams
+from misentry.fingerprint.methods.publiccheck import PublicCheck, PublicCheckParams
 from misentry.models import Record, predict
 
 SMALL = PublicCheckParams(ae_epochs=30, augment=2)

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from misentry.data import ImageSet, to_pixels, to_unit
-from misentry.fingerprint.registry import get_method
-from misentry.fingerprint.ssf import (
+from misentry.fingerprint.methods.ssf import (
     SsfParams,
     all_layer_sensitivity,
     last_layer_sensitivity,
     manc,
 )
+from misentry.fingerprint.registry import get_method
 from misentry.models import (
     last_linear,
     predict,

@@ -10,8 +10,8 @@ from misentry.data import ImageSet, Pools, get_dataset
 from misentry.fingerprint.autoencoder import train_autoencoder
 from misentry.fingerprint.base import GenerationError, SearchContext, on_lattice
 from misentry.fingerprint.bundle import FingerprintSet
-from misentry.fingerprint.ssf import last_layer_sensitivity
-from misentry.fingerprint.ssf_bo import SsfBo, SsfBoParams
+from misentry.fingerprint.methods.ssf import last_layer_sensitivity
+from misentry.fingerprint.methods.ssf_bo import SsfBo, SsfBoParams
 from misentry.models import predict
 from misentry.models.train import evaluation
 

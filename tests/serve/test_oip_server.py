@@ -22,7 +22,7 @@ pytest.importorskip("uvicorn", reason="misentry serve needs the serve extra (fas
 
 from loopback_http import call
 from misentry import cli
-from misentry.cli_serve import add_serve, is_loopback, serve_command
+from misentry.cli.serve import add_serve, is_loopback, serve_command
 from misentry.data import ImageSet, to_pixels, to_unit
 from misentry.models import (
     RecordError,

@@ -21,7 +21,7 @@ from misentry.models import (
     train_target,
 )
 from misentry.tamper.base import TamperContext
-from misentry.tamper.builder import Bench
+from misentry.tamper.builder import Workspace
 from misentry.tamper.namespace import DataAccess, Namespace, instance_seed
 
 MakeContext = Callable[..., TamperContext]
@@ -40,9 +40,9 @@ def digits_target() -> tuple[nn.Module, Record]:
 
 
 @pytest.fixture(scope="module")
-def bench(digits_target: tuple[nn.Module, Record]) -> Bench:
+def bench(digits_target: tuple[nn.Module, Record]) -> Workspace:
     """The digits target with its pools and observability probe, as the builder uses them."""
-    return Bench.load(digits_target[1])
+    return Workspace.load(digits_target[1])
 
 
 @pytest.fixture

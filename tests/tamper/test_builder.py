@@ -13,9 +13,9 @@ from misentry.data import Pools
 from misentry.models import load_model, load_record, model_from_record, predict
 from misentry.tamper.base import TamperContext, Tampered, Tampering, Variant
 from misentry.tamper.builder import (
-    Bench,
     BuildConfig,
     TargetMismatch,
+    Workspace,
     build_all,
     build_instance,
     instance_path,
@@ -89,7 +89,7 @@ def test_bench_recipes_train_on_attacker_data_and_the_zoo_never_sees_it(
 # --- the probe --------------------------------------------------------------------------------
 
 
-def test_probe_has_20000_inputs_and_is_the_same_every_time(bench: Bench) -> None:
+def test_probe_has_20000_inputs_and_is_the_same_every_time(bench: Workspace) -> None:
     probe = bench.observer.probe
     assert len(probe) >= 20_000
     first = torch.cat(list(probe.batches()))
@@ -104,12 +104,12 @@ def test_probe_has_20000_inputs_and_is_the_same_every_time(bench: Bench) -> None
     assert not torch.equal(first[: clean.shape[0]], clean)
 
 
-def test_probe_size_follows_its_config(bench: Bench) -> None:
+def test_probe_size_follows_its_config(bench: Workspace) -> None:
     images = bench.observer.probe.images
     assert len(Probe(images, ProbeConfig(shifts=(1,), noise=()))) == 5 * len(images)
 
 
-def test_an_exact_copy_is_not_observable_and_a_nudged_one_is(bench: Bench) -> None:
+def test_an_exact_copy_is_not_observable_and_a_nudged_one_is(bench: Workspace) -> None:
     copy_ = IDENTITY.tampering.build(_ctx(bench, 0))
     seen = bench.observer.observe(copy_.model, full=True)
     assert seen.flips == 0
@@ -125,7 +125,7 @@ def test_an_exact_copy_is_not_observable_and_a_nudged_one_is(bench: Bench) -> No
 # --- the builder ------------------------------------------------------------------------------
 
 
-def _ctx(bench: Bench, seed: int) -> TamperContext:
+def _ctx(bench: Workspace, seed: int) -> TamperContext:
     return bench.context(Namespace.BENCH, seed)
 
 
@@ -163,7 +163,7 @@ class Nudge(Tampering):
         return Tampered(model, {"works": float(works)}, met=True, extensions=extensions)
 
 
-def test_an_unobservable_result_is_extended_in_its_own_unit(bench: Bench) -> None:
+def test_an_unobservable_result_is_extended_in_its_own_unit(bench: Workspace) -> None:
     Nudge.seeds_seen.clear()
     variant = Variant("nudge", "test", Nudge(NudgeParams(extensions_needed=2)))
     record = build_instance(bench, variant, 0, BuildConfig())
@@ -172,7 +172,7 @@ def test_an_unobservable_result_is_extended_in_its_own_unit(bench: Bench) -> Non
     assert record.metrics["attempt"] == 0
 
 
-def test_a_never_observable_instance_is_replaced_by_the_next_seed(bench: Bench) -> None:
+def test_a_never_observable_instance_is_replaced_by_the_next_seed(bench: Workspace) -> None:
     Nudge.seeds_seen.clear()
     variant = Variant("nudge", "test", Nudge(NudgeParams(works_from_attempt=2)))
     record = build_instance(bench, variant, 7, BuildConfig())
@@ -184,7 +184,7 @@ def test_a_never_observable_instance_is_replaced_by_the_next_seed(bench: Bench) 
     assert record.metrics["seed_used"] == expected[2]
 
 
-def test_an_instance_that_never_becomes_observable_is_reported(bench: Bench) -> None:
+def test_an_instance_that_never_becomes_observable_is_reported(bench: Workspace) -> None:
     Nudge.seeds_seen.clear()
     variant = Variant("nudge", "test", Nudge(NudgeParams(works_from_attempt=99)))
     record = build_instance(bench, variant, 0, BuildConfig(max_attempts=2))
@@ -192,7 +192,7 @@ def test_an_instance_that_never_becomes_observable_is_reported(bench: Bench) -> 
     assert len(record.metrics["unobservable_attempts"]) == 2
 
 
-def test_identity_is_built_unobservable_with_its_metrics(bench: Bench) -> None:
+def test_identity_is_built_unobservable_with_its_metrics(bench: Workspace) -> None:
     record = build_instance(bench, IDENTITY, 0, BuildConfig())
     m = record.metrics
     assert record.kind == "tampered"
@@ -206,7 +206,7 @@ def test_identity_is_built_unobservable_with_its_metrics(bench: Bench) -> None:
         assert key in m
 
 
-def test_build_all_writes_records_and_resumes(bench: Bench, tmp_path: Path) -> None:
+def test_build_all_writes_records_and_resumes(bench: Workspace, tmp_path: Path) -> None:
     Nudge.seeds_seen.clear()
     nudge = Variant("nudge", "test", Nudge(NudgeParams()))
     events = build_all(bench, [IDENTITY, nudge], range(2), tmp_path)
@@ -232,13 +232,13 @@ def test_build_all_writes_records_and_resumes(bench: Bench, tmp_path: Path) -> N
     load_record(instance_path(tmp_path, "identity", 0))
 
 
-def test_a_record_that_is_not_a_target_is_refused(bench: Bench) -> None:
+def test_a_record_that_is_not_a_target_is_refused(bench: Workspace) -> None:
     with pytest.raises(TargetMismatch, match="not a target"):
-        Bench.load(replace(bench.record, kind="tampered"))
+        Workspace.load(replace(bench.record, kind="tampered"))
 
 
-def test_a_target_of_another_shape_is_refused_before_any_work(bench: Bench) -> None:
+def test_a_target_of_another_shape_is_refused_before_any_work(bench: Workspace) -> None:
     other = dict(bench.record.input or {})
     other.update(height=28, width=28)
     with pytest.raises(TargetMismatch, match="digits"):
-        Bench.load(replace(bench.record, input=other))
+        Workspace.load(replace(bench.record, input=other))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from misentry.models import load_model, model_from_record, predict, save_record
-from misentry.tamper.builder import Bench, BuildConfig, build_instance
+from misentry.tamper.builder import BuildConfig, Workspace, build_instance
 from misentry.tamper.registry import ORDER, VARIANTS, get_variant, select
 
 
@@ -36,7 +36,7 @@ def test_select_keeps_table_order() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("slug", ORDER)
 def test_every_variant_meets_its_objective_and_is_observable(
-    slug: str, bench: Bench, tmp_path: Path
+    slug: str, bench: Workspace, tmp_path: Path
 ) -> None:
     variant = get_variant(slug)
     record = build_instance(bench, variant, 0, BuildConfig())

@@ -209,7 +209,7 @@ def test_the_demo_serves_both_models_and_verifies_them_over_http(
 ) -> None:
     from rich.console import Console
 
-    from misentry.demo import _serve_and_verify
+    from misentry.cli.demo import _serve_and_verify
 
     save_bundle(bundle, tmp_path / "fp")
     code = _serve_and_verify(

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
+from misentry.models.oracle import OracleError
 from misentry.verify.http import HttpOracle, parse_model_url
-from misentry.verify.oracle import OracleError
 
 NUM_CLASSES = 10
 

@@ -16,8 +16,8 @@ from misentry.fingerprint.bundle import FingerprintSet, load_bundle, save_bundle
 from misentry.models import (
     predict,
 )
+from misentry.models.oracle import ModuleOracle, OracleError
 from misentry.verify.ledger import LEDGER_FILE, Ledger, LedgerError
-from misentry.verify.oracle import ModuleOracle, OracleError
 from misentry.verify.verifier import Verdict, verify
 
 N = 12

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from misentry.cli import CliError, _verb
-from misentry.cli_export import add_export
+from misentry.cli.export import add_export
 from misentry.models import (
     ARCHITECTURES,
     InputSpec,
@@ -22,7 +22,7 @@ from misentry.models import (
     model_record,
     save_record,
 )
-from misentry.verify.oracle import ModuleOracle, OracleError
+from misentry.models.oracle import ModuleOracle, OracleError
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -12,7 +12,7 @@ import torch
 
 from misentry.data import ImageSet
 from misentry.models import build_model, input_spec
-from misentry.verify.oracle import LabelOracle, ModuleOracle, OracleError
+from misentry.models.oracle import LabelOracle, ModuleOracle, OracleError
 from misentry.verify.recorded import RecordedOracle, RecordingOracle, image_key
 
 

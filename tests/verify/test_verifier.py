@@ -19,7 +19,7 @@ from misentry.models import (
     last_linear,
     predict,
 )
-from misentry.verify.oracle import LabelOracle, ModuleOracle, OracleError
+from misentry.models.oracle import LabelOracle, ModuleOracle, OracleError
 from misentry.verify.verifier import Mismatch, Verdict, VerifyError, verify
 
 N = 24

@@ -56,7 +56,7 @@ class LeakageSpec:
     """The leakage experiment (the paper's Figure 4).
 
     Attributes:
-        attacks: adaptive attacks (see :data:`misentry.bench.leakage.ATTACKS`).
+        attacks: adaptive attacks (see :data:`misentry.bench.experiments.leakage.ATTACKS`).
         n_leaked: fingerprints the attacker holds (each below the bundle's N).
         instances: base instances per attack (bench namespace, indices 0..instances-1).
         methods: the methods attacked; empty: every method of the preset.
@@ -76,7 +76,7 @@ class SensitivitySpec:
     Attributes:
         variants: the tamperings swept.
         steps: per variant, the step counts; a variant not named takes
-            :func:`misentry.bench.sensitivity.default_steps`.
+            :func:`misentry.bench.experiments.sensitivity.default_steps`.
         instances: trajectories per variant (bench namespace, indices 0..instances-1).
     """
 

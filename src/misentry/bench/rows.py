@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from misentry.bench.covertness import Covertness, covertness
+from misentry.bench.experiments.covertness import Covertness, covertness
 from misentry.bench.results import ResultRow, detection_rows, measurement_row
 from misentry.data import Pools
 from misentry.fingerprint.bundle import FingerprintSet

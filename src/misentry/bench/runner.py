@@ -1,7 +1,7 @@
 """Run a benchmark preset end to end, as resumable content-addressed jobs on an executor.
 
 The run is a graph of jobs in five waves; the jobs of one wave are independent of each other, so
-an executor may run them side by side (:mod:`misentry.bench.executors`):
+an executor may run them side by side (:mod:`misentry.bench.jobs.executors`):
 
 1. ``target``: train the target.
 2. ``instance`` (each BIVBench instance: the detection table's, and the leakage experiment's
@@ -34,15 +34,15 @@ from typing import Any
 import torch
 
 from misentry.atomic import write_text_atomic
-from misentry.bench import jobs as job_functions
-from misentry.bench.covertness import (
+from misentry.bench.experiments.covertness import (
     Covertness,
     covertness,
     example_grid,
     write_covertness_samples,
 )
-from misentry.bench.executors import Executor, make_executor
-from misentry.bench.jobgraph import OVERALL, Job, Jobs, Progress, bundle_hash, path_text
+from misentry.bench.jobs import tasks as job_functions
+from misentry.bench.jobs.executors import Executor, make_executor
+from misentry.bench.jobs.graph import OVERALL, Job, Jobs, Progress, bundle_hash, path_text
 from misentry.bench.presets import Preset
 from misentry.bench.report import build_report
 from misentry.bench.results import ResultRow, detection_rows, write_results
@@ -252,7 +252,7 @@ class _Plan:
         preset = self.preset
         keys = [(v.slug, i) for v in select(preset.variant_spec) for i in range(preset.instances)]
         if "leakage" in self.on:
-            from misentry.bench.leakage import ATTACKS
+            from misentry.bench.experiments.leakage import ATTACKS
 
             for attack in preset.leakage.attacks:
                 keys += [(ATTACKS[attack], i) for i in range(preset.leakage.instances)]
@@ -381,7 +381,7 @@ class _Plan:
     ) -> list[tuple[tuple[str, str, int], Job]]:
         if "leakage" not in self.on:
             return []
-        from misentry.bench.leakage import ATTACKS
+        from misentry.bench.experiments.leakage import ATTACKS
 
         spec = self.preset.leakage
         by_key = {(i.variant, i.index): i for i in built}
@@ -438,9 +438,9 @@ class _Plan:
         return out
 
     def _default_steps(self, target_path: Path, variant: str) -> tuple[int, ...]:
-        from misentry.bench.sensitivity import default_steps
+        from misentry.bench.experiments.sensitivity import default_steps
 
-        bench = job_functions.load_bench(
+        bench = job_functions.load_workspace(
             {"target_path": str(target_path), "root": path_text(self.jobs.root)}
         )
         return tuple(default_steps(variant, bench))
@@ -554,11 +554,12 @@ class _Plan:
 
 
 def _zoo_names(spec: _BundleSpec) -> list[str]:
-    """The zoo models (:func:`~misentry.fingerprint.zoo.zoo_name`) a bundle's generator builds:
+    """The zoo models (:func:`~misentry.fingerprint.methods.misentry.zoo.zoo_name`) a bundle's
+    generator builds:
     MiSentry's meta-learning and screening zoos; none for the other methods."""
-    from misentry.fingerprint.misentry import Misentry
+    from misentry.fingerprint.methods.misentry import Misentry
+    from misentry.fingerprint.methods.misentry.zoo import zoo_name
     from misentry.fingerprint.registry import get_method
-    from misentry.fingerprint.zoo import zoo_name
 
     generator = get_method(spec.method, **spec.params)
     if not isinstance(generator, Misentry):

@@ -46,9 +46,10 @@ class SearchContext:
             held-out ``val`` pool (MiSentry's zoo and entropy band). None: not available.
         record: the target's record (dataset, architecture), for the same methods.
         progress: ``progress(stage, done, total)``, called as long work advances.
-        zoo: zoo models built beforehand (:func:`misentry.fingerprint.zoo.zoo_name` -> the
-            folder :func:`~misentry.fingerprint.zoo.save_zoo_model` wrote), loaded instead of
-            built; the benchmark builds each once and shares it between bundles.
+        zoo: zoo models built beforehand
+            (:func:`misentry.fingerprint.methods.misentry.zoo.zoo_name` -> the folder
+            :func:`~misentry.fingerprint.methods.misentry.zoo.save_zoo_model` wrote), loaded
+            instead of built; the benchmark builds each once and shares it between bundles.
     """
 
     normal: torch.Tensor | None = None

@@ -6,12 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from misentry.fingerprint.base import Generator
-from misentry.fingerprint.ibsf import Ibsf, IbsfParams
-from misentry.fingerprint.misentry import Misentry
-from misentry.fingerprint.natural import Natural, NaturalParams, Noise, NoiseParams
-from misentry.fingerprint.publiccheck import PublicCheck, PublicCheckParams
-from misentry.fingerprint.ssf import Ssf, SsfParams
-from misentry.fingerprint.ssf_bo import SsfBo, SsfBoParams
+from misentry.fingerprint.methods.ibsf import Ibsf, IbsfParams
+from misentry.fingerprint.methods.misentry import Misentry
+from misentry.fingerprint.methods.natural import Natural, NaturalParams, Noise, NoiseParams
+from misentry.fingerprint.methods.publiccheck import PublicCheck, PublicCheckParams
+from misentry.fingerprint.methods.ssf import Ssf, SsfParams
+from misentry.fingerprint.methods.ssf_bo import SsfBo, SsfBoParams
 
 METHODS: dict[str, Callable[[], Generator]] = {
     "natural": lambda: Natural(NaturalParams()),

@@ -55,7 +55,7 @@ class TargetMismatch(ValueError):
 
 
 @dataclass
-class Bench:
+class Workspace:
     """A target with its pools and observer, shared by every instance built from it."""
 
     target: nn.Module
@@ -67,7 +67,7 @@ class Bench:
     @classmethod
     def load(
         cls, target: Record, root: Path | str | None = None, probe: ProbeConfig | None = None
-    ) -> Bench:
+    ) -> Workspace:
         """Check ``target`` against its dataset before any work, then load pools and probe."""
         if target.kind != "target":
             raise TargetMismatch(
@@ -133,7 +133,7 @@ def instance_request(variant: Variant, index: int, target: Record, config: Build
     )
 
 
-def build_instance(bench: Bench, variant: Variant, index: int, config: BuildConfig) -> Record:
+def build_instance(bench: Workspace, variant: Variant, index: int, config: BuildConfig) -> Record:
     """Build instance ``index`` of ``variant`` from the bench's target; return its record."""
     started = time.perf_counter()
     tampering = variant.tampering
@@ -171,7 +171,7 @@ def build_instance(bench: Bench, variant: Variant, index: int, config: BuildConf
 
 
 def _instance_record(
-    bench: Bench,
+    bench: Workspace,
     variant: Variant,
     index: int,
     config: BuildConfig,
@@ -239,7 +239,7 @@ class BuildEvent:
 
 
 def build_all(
-    bench: Bench,
+    bench: Workspace,
     variants: Iterable[Variant],
     indices: Iterable[int],
     out: Path | str,

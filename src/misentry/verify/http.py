@@ -5,7 +5,7 @@ extension: MLServer refuses it with 422) and reads one label per image from the 
 an output of labels (shape ``[N]`` or ``[N, 1]``, as MLServer's numpy codec returns a 1-D array)
 or an output of scores (``[N, classes]``, top-1 by argmax). It keeps one persistent connection,
 retries connection errors and 5xx answers with exponential backoff inside the oracle's deadline,
-and turns every failure into an :class:`~misentry.verify.oracle.OracleError`:
+and turns every failure into an :class:`~misentry.models.oracle.OracleError`:
 
 ========================================  ================  =========
 failure                                   reason            retried
@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import torch
 
-from misentry.verify.oracle import LabelOracle, OracleError
+from misentry.models.oracle import LabelOracle, OracleError
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from misentry.data import to_unit
+from misentry.models.oracle import LabelOracle, OracleError
 from misentry.models.train import evaluation
-from misentry.verify.oracle import LabelOracle, OracleError
 
 INSTALL_HINT = "pip install 'misentry[onnx]'"
 DEFAULT_OPSET = 17
@@ -184,7 +184,7 @@ class ExportCheck:
 
 def check_export(model: nn.Module, path: Path | str, images: torch.Tensor) -> ExportCheck:
     """Compare ONNX Runtime's labels of uint8 ``images`` with ``model``'s (in-process)."""
-    from misentry.verify.oracle import ModuleOracle
+    from misentry.models.oracle import ModuleOracle
 
     ours = ModuleOracle(model).labels(images)
     theirs = OnnxOracle(path).labels(images)

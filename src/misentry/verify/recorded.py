@@ -1,6 +1,6 @@
 """Record a label oracle's answers and replay them offline.
 
-:class:`RecordingOracle` wraps any :class:`~misentry.verify.oracle.LabelOracle` and remembers the
+:class:`RecordingOracle` wraps any :class:`~misentry.models.oracle.LabelOracle` and remembers the
 label of every image it passes on, keyed by the SHA-256 of the image's bytes (uint8, C×H×W,
 row-major). :meth:`RecordingOracle.save` writes them as JSON (no pickle);
 :meth:`RecordedOracle.load` reads such a file and answers the same images with the same labels,
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from misentry.atomic import write_text_atomic
-from misentry.verify.oracle import LabelOracle, OracleError
+from misentry.models.oracle import LabelOracle, OracleError
 
 log = logging.getLogger(__name__)
 

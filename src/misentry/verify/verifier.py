@@ -36,8 +36,8 @@ from typing import Any, Literal
 import torch
 
 from misentry.fingerprint.bundle import FingerprintSet
+from misentry.models.oracle import LabelOracle, OracleError
 from misentry.verify.ledger import Ledger, LedgerError
-from misentry.verify.oracle import LabelOracle, OracleError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from misentry.bench.covertness import SAMPLES_NAME, CovertnessSamples, read_covertness_samples
+from misentry.bench.experiments.covertness import (
+    SAMPLES_NAME,
+    CovertnessSamples,
+    read_covertness_samples,
+)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from matplotlib.axes import Axes
 
-from misentry.bench.covertness import CovertnessSamples
+from misentry.bench.experiments.covertness import CovertnessSamples
 from misentry.bench.report.context import _Context
 from misentry.bench.report.document import Block, Cell, Plot, Table
 from misentry.bench.report.formatting import _best_of, _num, _number

@@ -34,7 +34,8 @@ PLOT_NS = 5
 """The N_S of the experiments' plots (DR@5)."""
 
 EXAMPLES_NAME = "examples.png"
-"""The example grid's name in a results folder (:func:`misentry.bench.covertness.example_grid`)."""
+"""The example grid's name in a results folder
+(:func:`misentry.bench.experiments.covertness.example_grid`)."""
 
 AUC_COLUMNS = (("auc_confidence", "AUC confidence"), ("auc_entropy", "AUC entropy"))
 AUC_KEYS = tuple(key for key, _ in AUC_COLUMNS)

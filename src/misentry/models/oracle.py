@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from misentry.data import to_unit
-from misentry.models import predict
+from misentry.models.train import predict
 
 
 class OracleError(RuntimeError):

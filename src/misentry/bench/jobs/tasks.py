@@ -21,7 +21,7 @@ import torch
 from misentry.atomic import write_text_atomic
 
 if TYPE_CHECKING:
-    from misentry.tamper.builder import Bench
+    from misentry.tamper.builder import Workspace
 
 PROGRESS: Callable[[str, int, int], None] | None = None
 """Inner progress of the job running in this process (set by the runner, local executor only)."""
@@ -37,24 +37,24 @@ def _root(payload: dict[str, Any]) -> Path | None:
     return None if root is None else Path(root)
 
 
-_BENCH: dict[tuple[str, str | None], Bench] = {}
-"""The last :class:`Bench` this process loaded, by (target record id, root): loading one reads
+_WORKSPACES: dict[tuple[str, str | None], Workspace] = {}
+"""The last :class:`Workspace` this process loaded, by (target record id, root): loading one reads
 the pools and runs the probe, seconds that every instance, leakage and sensitivity job of a run
 would otherwise repeat."""
 
 
-def load_bench(payload: dict[str, Any]) -> Bench:
-    """The :class:`Bench` of the target record at ``payload["target_path"]`` (dataset folder
+def load_workspace(payload: dict[str, Any]) -> Workspace:
+    """The :class:`Workspace` of the target record at ``payload["target_path"]`` (dataset folder
     ``payload["root"]``), loaded once per process."""
     from misentry.models import load_record
-    from misentry.tamper.builder import Bench
+    from misentry.tamper.builder import Workspace
 
     target = load_record(payload["target_path"])
     key = (target.record_id, payload.get("root"))
-    if key not in _BENCH:
-        _BENCH.clear()
-        _BENCH[key] = Bench.load(target, _root(payload))
-    return _BENCH[key]
+    if key not in _WORKSPACES:
+        _WORKSPACES.clear()
+        _WORKSPACES[key] = Workspace.load(target, _root(payload))
+    return _WORKSPACES[key]
 
 
 def _write_json(folder: Path, name: str, document: Any) -> None:
@@ -88,7 +88,7 @@ def build_instance(payload: dict[str, Any]) -> dict[str, Any]:
     from misentry.tamper.registry import get_variant
 
     started = time.perf_counter()
-    bench = load_bench(payload)
+    bench = load_workspace(payload)
     variant = get_variant(payload["variant"])
     folder = Path(payload["folder"])
     build = BuildConfig(namespace=Namespace(payload["namespace"]))
@@ -100,9 +100,9 @@ def build_instance(payload: dict[str, Any]) -> dict[str, Any]:
 def build_zoo_model(payload: dict[str, Any]) -> dict[str, Any]:
     """Build replicate ``replicate`` of MiSentry's zoo member ``member`` (e.g.
     ``ft_last:1e-4x4``) from the target at ``target_path`` into ``folder/record``."""
-    from misentry.fingerprint.zoo import ZooMember, build_zoo, save_zoo_model
+    from misentry.fingerprint.methods.misentry.zoo import ZooMember, build_zoo, save_zoo_model
 
-    bench = load_bench(payload)
+    bench = load_workspace(payload)
     member = ZooMember.parse(payload["member"])
     (model,) = build_zoo(bench.target, bench.record, bench.pools, [member], 1, payload["replicate"])
     save_zoo_model(model, bench.record, Path(payload["folder"]) / "record")
@@ -165,11 +165,15 @@ def leakage(payload: dict[str, Any]) -> dict[str, Any]:
     """The adaptive attack ``attack`` on the instance at ``instance_path`` against the bundle at
     ``bundle_path``, for each ``n_leaked``: the attacker keeps the labels of a seeded random
     ``n_leaked`` of the fingerprints; d is counted on the others. Into ``folder/leakage.json``."""
-    from misentry.bench.leakage import adaptive_attack, leak_split, unleaked_disagreements
+    from misentry.bench.experiments.leakage import (
+        adaptive_attack,
+        leak_split,
+        unleaked_disagreements,
+    )
     from misentry.fingerprint.bundle import load_bundle
     from misentry.models import load_record, model_from_record
 
-    bench = load_bench(payload)
+    bench = load_workspace(payload)
     fps = load_bundle(payload["bundle_path"])
     tampered = model_from_record(load_record(payload["instance_path"]))
     points = []
@@ -199,11 +203,11 @@ def sensitivity(payload: dict[str, Any]) -> dict[str, Any]:
     """``variant`` (instance ``index``) trained for each of ``steps`` optimizer steps from the
     target at ``target_path``; d of each bundle of ``bundles`` (``{method: path}``) at each step
     count. Into ``folder/sensitivity.json``."""
+    from misentry.bench.experiments.sensitivity import tamper_at_steps_many
     from misentry.bench.metrics import disagreements
-    from misentry.bench.sensitivity import tamper_at_steps_many
     from misentry.fingerprint.bundle import load_bundle
 
-    bench = load_bench(payload)
+    bench = load_workspace(payload)
     bundles = {method: load_bundle(path) for method, path in payload["bundles"].items()}
     results = tamper_at_steps_many(bench, payload["variant"], payload["index"], payload["steps"])
     points = []

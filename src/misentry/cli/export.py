@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from misentry.cli_verbs import MakeVerb, Verbs
+from misentry.cli.verbs import MakeVerb, Verbs
 
 EXPORT_DESCRIPTION = """\
 Export the model of a record folder to an ONNX file for serving (input "input": float32 images

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from misentry.cli import _verb
-from misentry.cli_verify import add_verify
+from misentry.cli.verify import add_verify
 from misentry.data import get_dataset, to_unit
 from misentry.fingerprint.bundle import FingerprintSet, save_bundle
 from misentry.models import (
@@ -26,9 +26,9 @@ from misentry.models import (
     predict,
     save_record,
 )
+from misentry.models.oracle import LabelOracle
 from misentry.models.spec import InputSpec
 from misentry.verify.ledger import LEDGER_FILE
-from misentry.verify.oracle import LabelOracle
 
 N = 16
 

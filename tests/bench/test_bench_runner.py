@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from misentry.bench.executors import make_executor
-from misentry.bench.jobgraph import JOB_FILE, OVERALL
+from misentry.bench.jobs.executors import make_executor
+from misentry.bench.jobs.graph import JOB_FILE, OVERALL
 from misentry.bench.presets import (
     OPTIONAL_EXPERIMENTS,
     PRESETS,
@@ -22,7 +22,7 @@ from misentry.bench.presets import (
 from misentry.bench.results import ResultRow, read_results
 from misentry.bench.runner import run_bench
 from misentry.cli import _verb
-from misentry.cli_bench import add_bench
+from misentry.cli.bench import add_bench
 from misentry.data import get_dataset
 from misentry.fingerprint.registry import METHODS
 from misentry.tamper.registry import select

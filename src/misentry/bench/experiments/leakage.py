@@ -49,7 +49,7 @@ from misentry.bench.metrics import disagreements
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.models import TrainConfig, TrainHooks, TrainState, fit, predict
 from misentry.tamper.base import TamperContext, Tampering
-from misentry.tamper.builder import Bench
+from misentry.tamper.builder import Workspace
 from misentry.tamper.families.backdoor import (
     Backdoor,
     adam_config,
@@ -168,13 +168,13 @@ def kept_fraction(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> fl
     return float((predict(model, x) == labels).float().mean())
 
 
-def attack_context(bench: Bench, seed: int) -> TamperContext:
+def attack_context(bench: Workspace, seed: int) -> TamperContext:
     """The attacker's context: the bench's target, the ``bench`` namespace's data, ``seed``."""
     return bench.context(Namespace.BENCH, seed)
 
 
 def adaptive_attack(
-    bench: Bench,
+    bench: Workspace,
     tampered: nn.Module,
     attack: str,
     leaked_x: torch.Tensor,

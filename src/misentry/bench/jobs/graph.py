@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from misentry.atomic import write_text_atomic
-from misentry.bench import jobs as job_functions
-from misentry.bench.executors import Executor, Task
+from misentry.bench.jobs import tasks as job_functions
+from misentry.bench.jobs.executors import Executor, Task
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.models.record import canonical_json, json_ready
 
@@ -29,7 +29,7 @@ Progress = Callable[[str, int, int], None]
 ``<bundle>: <step>`` inside a bundle's generation."""
 
 JOB_FILE = "job.json"
-JOBS_MODULE = "misentry.bench.jobs"
+JOBS_MODULE = "misentry.bench.jobs.tasks"
 
 
 def job_key(stage: str, config: dict[str, Any]) -> str:
@@ -46,7 +46,7 @@ def _job_document(stage: str, config: dict[str, Any]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Job:
     """One job of a wave: its stage (the progress bar it counts in), its identity (``config``,
-    hashed into its folder), the function of :mod:`misentry.bench.jobs` that runs it and the
+    hashed into its folder), the function of :mod:`misentry.bench.jobs.tasks` that runs it and the
     payload that function gets besides ``folder`` and ``root`` (paths of its inputs)."""
 
     stage: str

@@ -98,22 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_record(verbs)
     _add_tamper(verbs)
     _add_fingerprint(verbs)
-    from misentry.cli_export import add_export
+    from misentry.cli.export import add_export
 
     add_export(verbs, _verb)
-    from misentry.cli_verify import add_verify
+    from misentry.cli.verify import add_verify
 
     add_verify(verbs, _verb)
-    from misentry.cli_serve import add_serve
+    from misentry.cli.serve import add_serve
 
     add_serve(verbs, _verb)
-    from misentry.demo import add_demo
+    from misentry.cli.demo import add_demo
 
     add_demo(verbs, _verb)
-    from misentry.cli_report import add_report
+    from misentry.cli.report import add_report
 
     add_report(verbs, _verb)
-    from misentry.cli_bench import add_bench
+    from misentry.cli.bench import add_bench
 
     add_bench(verbs, _verb)
     return parser
@@ -483,7 +483,7 @@ def _tamper_build(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from misentry.models import RecordError, load_record
-    from misentry.tamper.builder import Bench, BuildConfig, BuildEvent, build_all
+    from misentry.tamper.builder import BuildConfig, BuildEvent, Workspace, build_all
     from misentry.tamper.namespace import Namespace
     from misentry.tamper.registry import select
 
@@ -495,7 +495,7 @@ def _tamper_build(args: argparse.Namespace) -> int:
     except RecordError as err:
         raise CliError(f"--target: {err}") from None
     with console.status("loading the target, its pools and the observability probe…"):
-        bench = Bench.load(target, args.root)
+        bench = Workspace.load(target, args.root)
     indices = range(args.seed, args.seed + args.instances)
     per_variant: dict[str, list[BuildEvent]] = {}
     with Progress(
@@ -601,7 +601,7 @@ profiles (MiSentry only):
 parameters: --norm, --eps and --set KEY=VALUE override single fields of the method's
 parameters (VALUE is read as JSON when it parses, else as a string; a JSON list becomes a
 tuple). --eps accepts a fraction such as 8/255. The names and defaults are in each method's
-parameter class (e.g. misentry.fingerprint.misentry.MisentryParams)."""
+parameter class (e.g. misentry.fingerprint.methods.misentry.MisentryParams)."""
 
 FINGERPRINT_EPILOG = """\
 examples:
@@ -670,7 +670,7 @@ def _fraction(text: str) -> float:
 
 
 def _fingerprint(args: argparse.Namespace) -> int:
-    from misentry.cli_verbs import stage_bars
+    from misentry.cli.verbs import stage_bars
     from misentry.data import get_dataset
     from misentry.fingerprint.base import GenerationError, SearchContext
     from misentry.fingerprint.bundle import MANIFEST_FILE, load_key, save_bundle

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from misentry.cli_verbs import MakeVerb, Verbs, stage_bars
+from misentry.cli.verbs import MakeVerb, Verbs, stage_bars
 
 if TYPE_CHECKING:
     from misentry.bench.results import ResultRow
@@ -127,7 +127,7 @@ def _numbers(text: str) -> tuple[int, ...]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from misentry.bench.executors import make_executor
+    from misentry.bench.jobs.executors import make_executor
     from misentry.bench.presets import get_preset
     from misentry.bench.results import read_results
     from misentry.bench.runner import resolve, run_bench

@@ -51,7 +51,7 @@ from torch import nn
 from misentry.data import ImageSet
 from misentry.models import TrainConfig, TrainHooks, TrainState, fit
 from misentry.tamper.base import TamperContext, Tampering, Variant
-from misentry.tamper.builder import Bench
+from misentry.tamper.builder import Workspace
 from misentry.tamper.families.backdoor import (
     Backdoor,
     adam_config,
@@ -116,7 +116,7 @@ class Trajectory:
 
 
 def tamper_at_steps(
-    bench: Bench,
+    bench: Workspace,
     variant: str,
     index: int,
     steps: int,
@@ -126,7 +126,7 @@ def tamper_at_steps(
     """``variant``'s instance ``index`` trained for exactly ``steps`` optimizer steps.
 
     Args:
-        bench: the target with its pools (:meth:`Bench.load`).
+        bench: the target with its pools (:meth:`Workspace.load`).
         variant: a slug of :data:`SENSITIVITY_VARIANTS` (or any ``ft_*`` variant).
         index: the instance index; with ``namespace`` and ``attempt`` it gives the seed, as in
             :func:`misentry.tamper.builder.build_instance`.
@@ -134,7 +134,7 @@ def tamper_at_steps(
         namespace: ``bench`` (the builder's default), ``zoo`` or ``tune``.
         attempt: which of the builder's seeds (0: the first).
 
-    >>> bench = Bench.load(load_record("runs/target"))  # doctest: +SKIP
+    >>> bench = Workspace.load(load_record("runs/target"))  # doctest: +SKIP
     >>> tamper_at_steps(bench, "backdoor", 0, 150).attack_success  # doctest: +SKIP
     0.92...
     """
@@ -142,7 +142,7 @@ def tamper_at_steps(
 
 
 def tamper_at_steps_many(
-    bench: Bench,
+    bench: Workspace,
     variant: str,
     index: int,
     steps: Sequence[int],
@@ -177,7 +177,7 @@ def tamper_at_steps_many(
     return [_result(ctx, trajectory, s, *kept[s]) for s in wanted]
 
 
-def default_steps(variant: str, bench: Bench) -> tuple[int, ...]:
+def default_steps(variant: str, bench: Workspace) -> tuple[int, ...]:
     """A log-spaced grid of step counts for ``variant`` on ``bench``'s dataset.
 
     :data:`GRID_FRACTIONS` (1/32, 1/8, 1/2, 1, 2) of the variant's usual budget B, rounded, at
@@ -218,7 +218,7 @@ def sweepable(variant: str) -> Variant:
 
 
 def tamper_context(
-    bench: Bench, variant: Variant, index: int, namespace: Namespace, attempt: int = 0
+    bench: Workspace, variant: Variant, index: int, namespace: Namespace, attempt: int = 0
 ) -> TamperContext:
     """The context :func:`~misentry.tamper.builder.build_instance` gives this instance's
     ``attempt``."""

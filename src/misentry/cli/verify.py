@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from misentry.cli_verbs import MakeVerb
+from misentry.cli.verbs import MakeVerb
 
 if TYPE_CHECKING:
     from misentry.fingerprint.bundle import FingerprintSet
+    from misentry.models.oracle import LabelOracle
     from misentry.verify.ledger import Ledger
-    from misentry.verify.oracle import LabelOracle
     from misentry.verify.verifier import VerificationResult
 
 EXIT_INTACT, EXIT_TAMPERED, EXIT_INCONCLUSIVE = 0, 1, 2
@@ -270,7 +270,7 @@ def _module_oracle(
     path: Path, num_classes: int | None, limits: dict[str, Any]
 ) -> tuple[LabelOracle, str]:
     from misentry.models import RecordError, load_model
-    from misentry.verify.oracle import ModuleOracle
+    from misentry.models.oracle import ModuleOracle
 
     try:
         model, record = load_model(path)

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
 
-from misentry.cli_verbs import MakeVerb
+from misentry.cli.verbs import MakeVerb
 
 PRESET = "mnist5k-demo"
 """The benchmark the demo runs."""

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 
-from misentry.bench.executors import KINDS, Executor, JobFailed, Task, make_executor
+from misentry.bench.jobs.executors import KINDS, Executor, JobFailed, Task, make_executor
 
 THREADS = 3  # differs from every worker's default (2 cores here; Ray workers start with 1)
 
@@ -52,7 +52,9 @@ def executor(request: pytest.FixtureRequest) -> Executor:
 def squares(out: Path, indices: range, sleep: float = 0.0) -> list[Task]:
     return [
         Task(
-            f"square-{i}", "executor_tasks:write_square", {"i": i, "out": str(out), "sleep": sleep}
+            f"square-{i}",
+            "bench.executor_tasks:write_square",
+            {"i": i, "out": str(out), "sleep": sleep},
         )
         for i in indices
     ]
@@ -86,7 +88,7 @@ def test_every_result_reaches_on_done(executor: Executor, tmp_path: Path) -> Non
 
 
 def test_failure_names_the_job_and_stops(executor: Executor, tmp_path: Path) -> None:
-    failing = Task("broken-job", "executor_tasks:fail", {"i": 7})
+    failing = Task("broken-job", "bench.executor_tasks:fail", {"i": 7})
     tasks = [*squares(tmp_path, range(1)), failing, *squares(tmp_path, range(1, 11), sleep=0.1)]
     done = Recorder()
     with pytest.raises(JobFailed, match="broken-job") as info:
@@ -95,7 +97,7 @@ def test_failure_names_the_job_and_stops(executor: Executor, tmp_path: Path) -> 
     assert info.value.error_type == "ValueError"
     assert info.value.error_message == "bad payload 7"
     assert "Traceback" in info.value.traceback
-    assert "executor_tasks.py" in info.value.traceback
+    assert "bench.executor_tasks.py" in info.value.traceback
     assert "bad payload 7" in str(info.value)
     # every job that finished was reported, and jobs after the failure were not started
     assert written(tmp_path) == done.results.keys()
@@ -141,7 +143,7 @@ def test_interrupt_stops_process_workers(tmp_path: Path) -> None:
 def test_a_dead_worker_fails_the_job_and_the_pool_recovers(tmp_path: Path) -> None:
     with make_executor("process", workers=1, threads=1) as executor:
         with pytest.raises(JobFailed, match="killer") as info:
-            executor.run([Task("killer", "executor_tasks:die", {})], Recorder())
+            executor.run([Task("killer", "bench.executor_tasks:die", {})], Recorder())
         assert info.value.error_type == "BrokenProcessPool"
         done = Recorder()
         executor.run(squares(tmp_path, range(2)), done)
@@ -253,4 +255,4 @@ def test_invalid_arguments(
 
 def test_task_needs_module_and_function() -> None:
     with pytest.raises(ValueError, match=re.escape("package.module:function")):
-        Task("bad", "executor_tasks.write_square", {})
+        Task("bad", "bench.executor_tasks.write_square", {})

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from misentry.bench.covertness import (
+from misentry.bench.experiments.covertness import (
     SAMPLES_NAME,
     covertness,
     example_grid,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.markup import escape
 
-from misentry.cli_verbs import MakeVerb
+from misentry.cli.verbs import MakeVerb
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -11,7 +11,7 @@ from torch import nn
 
 from misentry.data import ImageSet
 from misentry.fingerprint.base import Generator, SearchContext
-from misentry.fingerprint.natural import draw_sources
+from misentry.fingerprint.methods.natural import draw_sources
 from misentry.models.pgd import pgd
 from misentry.models.train import evaluation
 

@@ -17,8 +17,8 @@ from torch import nn
 from misentry.data import ImageSet
 from misentry.fingerprint.autoencoder import Autoencoder, LatentSearchParams, owner_autoencoder
 from misentry.fingerprint.base import GenerationError, Generator, SearchContext, on_lattice
-from misentry.fingerprint.natural import draw_sources
-from misentry.fingerprint.ssf import last_layer_sensitivity
+from misentry.fingerprint.methods.natural import draw_sources
+from misentry.fingerprint.methods.ssf import last_layer_sensitivity
 from misentry.models.train import evaluation
 
 JITTER = 1e-6
@@ -94,9 +94,9 @@ class SsfBo(Generator):
     pool (:mod:`misentry.fingerprint.autoencoder`).
 
     Objective: maximize ``f(z) = S(lattice(Dec(z)))``, the SSF sensitivity of the target to its
-    output layer (:func:`~misentry.fingerprint.ssf.last_layer_sensitivity`) on the decoded code
-    rounded to 8 bits, so the objective refers to the image that is emitted. Gradient-free: only
-    forward passes through the target.
+    output layer (:func:`~misentry.fingerprint.methods.ssf.last_layer_sensitivity`) on the
+    decoded code rounded to 8 bits, so the objective refers to the image that is emitted.
+    Gradient-free: only forward passes through the target.
 
     Solver, per fingerprint: ``d + 1`` initial codes, the first ``Enc(x0)`` of a distinct
     natural source ``x0`` (clipped to the box), the others uniform in the box; then

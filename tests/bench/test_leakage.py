@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from misentry.bench.leakage import (
+from misentry.bench.experiments.leakage import (
     ATTACKS,
     REPAIR,
     AdaptiveResult,
@@ -23,7 +23,7 @@ from misentry.bench.metrics import disagreements
 from misentry.data import to_unit
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.models import Record, predict
-from misentry.tamper.builder import Bench
+from misentry.tamper.builder import Workspace
 from misentry.tamper.families.finetune import FineTuning, FineTuningParams
 from misentry.tamper.measure import accuracy
 from misentry.tamper.registry import get_variant
@@ -39,12 +39,12 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 
 @pytest.fixture(scope="module")
-def bench(digits_record: Record) -> Bench:
-    return Bench.load(digits_record)
+def bench(digits_record: Record) -> Workspace:
+    return Workspace.load(digits_record)
 
 
 @pytest.fixture(scope="module")
-def fps(bench: Bench) -> FingerprintSet:
+def fps(bench: Workspace) -> FingerprintSet:
     """Natural fingerprints: 300 owner images with the target's labels."""
     images = bench.pools["owner_train"].images[:300]
     labels = predict(bench.target, to_unit(images))
@@ -52,7 +52,7 @@ def fps(bench: Bench) -> FingerprintSet:
 
 
 @pytest.fixture(scope="module")
-def instances(bench: Bench) -> dict[str, nn.Module]:
+def instances(bench: Workspace) -> dict[str, nn.Module]:
     """One tampered model per attack. The backdoor is the BIVBench recipe; the digits
     ``ft_last_lr1e-4`` instance changes none of the 300 labels in its epoch, so the last-layer
     instance is the same recipe at lr 1e-2 (it changes 11), which gives the repair work."""
@@ -74,7 +74,7 @@ def leak(fps: FingerprintSet, model: nn.Module, n: int = 20) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def repaired(
-    bench: Bench, fps: FingerprintSet, instances: dict[str, nn.Module]
+    bench: Workspace, fps: FingerprintSet, instances: dict[str, nn.Module]
 ) -> dict[str, tuple[AdaptiveResult, torch.Tensor]]:
     out = {}
     for attack, model in instances.items():
@@ -109,7 +109,7 @@ def test_repair_restores_every_leaked_label(
     repaired: dict[str, tuple[AdaptiveResult, torch.Tensor]],
     instances: dict[str, nn.Module],
     fps: FingerprintSet,
-    bench: Bench,
+    bench: Workspace,
 ) -> None:
     result, leaked = repaired[attack]
     assert result.attack == attack
@@ -138,7 +138,7 @@ def test_backdoor_survives_the_repair(
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_no_leak_returns_the_instance_unchanged(
-    attack: str, bench: Bench, instances: dict[str, nn.Module], fps: FingerprintSet
+    attack: str, bench: Workspace, instances: dict[str, nn.Module], fps: FingerprintSet
 ) -> None:
     result = adaptive_attack(bench, instances[attack], attack, fps.x[:0], fps.labels[:0], seed=5)
     assert result.steps == 0
@@ -149,7 +149,7 @@ def test_no_leak_returns_the_instance_unchanged(
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_same_seed_same_weights(
-    attack: str, bench: Bench, instances: dict[str, nn.Module], fps: FingerprintSet
+    attack: str, bench: Workspace, instances: dict[str, nn.Module], fps: FingerprintSet
 ) -> None:
     leaked = leak(fps, instances[attack], n=6)
     params = RepairParams(max_steps=10, check_every=5)
@@ -174,6 +174,6 @@ def test_unleaked_disagreements_counts_only_unleaked(
     assert unleaked_disagreements(result.model, fps, unleaked[:0]) == 0
 
 
-def test_unknown_attack_lists_the_valid_ones(bench: Bench, fps: FingerprintSet) -> None:
+def test_unknown_attack_lists_the_valid_ones(bench: Workspace, fps: FingerprintSet) -> None:
     with pytest.raises(KeyError, match="adaptive_backdoor"):
         adaptive_attack(bench, bench.target, "adaptive_pruning", fps.x[:1], fps.labels[:1], 0)

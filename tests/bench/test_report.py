@@ -15,11 +15,11 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from misentry.bench.covertness import Covertness, write_covertness_samples
+from misentry.bench.experiments.covertness import Covertness, write_covertness_samples
 from misentry.bench.report import ABOUT, EXPERIMENTS, FAMILIES, build_report, variant_family
 from misentry.bench.results import ResultRow, detection_rows, measurement_row, write_results
 from misentry.cli import _verb
-from misentry.cli_report import add_report
+from misentry.cli.report import add_report
 from misentry.tamper.registry import ORDER
 
 EVIL = "ssf<b>"

@@ -3,9 +3,10 @@ section 4), with a strict and a covert profile.
 
 The pipeline, batched over every candidate at once:
 
-1. **Zoo** (:mod:`misentry.fingerprint.zoo`): subtly tampered copies of the target built with the
-   BIVBench recipes in the ``zoo`` namespace, from the owner's held-out ``val`` pool. One part
-   drives the search (meta-learning), a disjoint held-out part ranks the candidates (screening).
+1. **Zoo** (:mod:`misentry.fingerprint.methods.misentry.zoo`): subtly tampered copies of the
+   target built with the BIVBench recipes in the ``zoo`` namespace, from the owner's held-out
+   ``val`` pool. One part drives the search (meta-learning), a disjoint held-out part ranks the
+   candidates (screening).
 2. **Search**: projected gradient descent from natural sources, L-inf or L2, in the MGAA way:
    each outer iteration samples meta-train models and one held-out meta-test model, takes inner
    steps on the meta-train models, and applies only the meta-test step's displacement.
@@ -36,8 +37,8 @@ from misentry.fingerprint.base import (
     SearchContext,
     count_passes,
 )
+from misentry.fingerprint.methods.misentry.zoo import ZooMember, ZooModel, build_zoo, zoo_summary
 from misentry.fingerprint.stats import entropy
-from misentry.fingerprint.zoo import ZooMember, ZooModel, build_zoo, zoo_summary
 from misentry.models import logits
 from misentry.models.pgd import project_ball, random_delta
 from misentry.models.train import evaluation

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from misentry.cli_verbs import MakeVerb, Verbs
+from misentry.cli.verbs import MakeVerb, Verbs
 
 REPORT_DESCRIPTION = """\
 Rebuild the benchmark report of a run from its results.json (written by the benchmarks with

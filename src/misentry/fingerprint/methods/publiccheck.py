@@ -13,8 +13,8 @@ from torch import nn
 from misentry.data import ImageSet, to_pixels, to_unit
 from misentry.fingerprint.autoencoder import Autoencoder, LatentSearchParams, owner_autoencoder
 from misentry.fingerprint.base import GenerationError, Generator, SearchContext, on_lattice
-from misentry.fingerprint.natural import draw_sources
-from misentry.verify.oracle import ModuleOracle
+from misentry.fingerprint.methods.natural import draw_sources
+from misentry.models.oracle import ModuleOracle
 
 MAX_BISECTIONS = 64
 """Bisection steps after which a bracket stops halving whatever its length (float64 t runs out
@@ -56,7 +56,7 @@ class PublicCheckParams(LatentSearchParams):
 
 
 class LatticeOracle:
-    """The only door to the target: a label-only :class:`~misentry.verify.oracle.ModuleOracle`
+    """The only door to the target: a label-only :class:`~misentry.models.oracle.ModuleOracle`
     (it counts every image), asked about images rounded to the 8-bit lattice, so what is
     emitted is what was queried."""
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from misentry.bench import sensitivity
-from misentry.bench.sensitivity import (
+from misentry.bench.experiments import sensitivity
+from misentry.bench.experiments.sensitivity import (
     SENSITIVITY_VARIANTS,
     default_steps,
     sweepable,
@@ -21,7 +21,7 @@ from misentry.bench.sensitivity import (
     tamper_context,
 )
 from misentry.models import Record, TrainResult
-from misentry.tamper.builder import Bench
+from misentry.tamper.builder import Workspace
 from misentry.tamper.namespace import Namespace
 
 STEPS = (0, 1, 5, 60)
@@ -31,8 +31,8 @@ ATTACK_KEY = {"targeted": "victims_flipped", "backdoor": "asr"}
 
 
 @pytest.fixture(scope="module")
-def bench(digits_record: Record) -> Bench:
-    return Bench.load(digits_record)
+def bench(digits_record: Record) -> Workspace:
+    return Workspace.load(digits_record)
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -57,7 +57,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @pytest.mark.parametrize("variant", SENSITIVITY_VARIANTS)
 def test_sweep_takes_exact_steps_and_truncates(
-    bench: Bench, variant: str, counted: list[int]
+    bench: Workspace, variant: str, counted: list[int]
 ) -> None:
     sweep = tamper_at_steps_many(bench, variant, 0, STEPS)
     assert sum(counted) == max(STEPS)  # one training run for the whole sweep
@@ -77,7 +77,7 @@ def test_sweep_takes_exact_steps_and_truncates(
 
 
 @pytest.mark.parametrize("variant", SENSITIVITY_VARIANTS)
-def test_matches_the_builders_instance(bench: Bench, variant: str) -> None:
+def test_matches_the_builders_instance(bench: Workspace, variant: str) -> None:
     """Up to where the recipe's stop rule fired, the sweep is the recipe's own trajectory."""
     found = sweepable(variant)
     ctx = tamper_context(bench, found, 0, Namespace.BENCH)
@@ -96,7 +96,7 @@ def test_matches_the_builders_instance(bench: Bench, variant: str) -> None:
         assert same_weights(longer.model, extended.model)
 
 
-def test_same_seed_same_weights_other_instances_differ(bench: Bench) -> None:
+def test_same_seed_same_weights_other_instances_differ(bench: Workspace) -> None:
     a = tamper_at_steps(bench, "backdoor", 3, 20)
     b = tamper_at_steps(bench, "backdoor", 3, 20)
     assert same_weights(a.model, b.model)
@@ -105,7 +105,7 @@ def test_same_seed_same_weights_other_instances_differ(bench: Bench) -> None:
     assert not same_weights(a.model, zoo.model)
 
 
-def test_attack_success_grows_with_steps(bench: Bench) -> None:
+def test_attack_success_grows_with_steps(bench: Workspace) -> None:
     grid = default_steps("backdoor", bench)
     sweep = tamper_at_steps_many(bench, "backdoor", 0, (0, grid[0], grid[-1]))
     asr = [r.attack_success if r.attack_success is not None else math.nan for r in sweep]
@@ -115,7 +115,7 @@ def test_attack_success_grows_with_steps(bench: Bench) -> None:
     assert sweep[2].seconds > sweep[1].seconds
 
 
-def test_default_grids(bench: Bench) -> None:
+def test_default_grids(bench: Workspace) -> None:
     epoch = math.ceil(len(bench.pools["attacker"].y) / 32)  # ft: batch 32 on the tamper pool
     assert default_steps("ft_last_lr1e-5", bench) == (1, 3, epoch, 2 * epoch, 4 * epoch)
     assert default_steps("targeted", bench) == (3, 12, 50, 100, 200)
@@ -127,7 +127,7 @@ def test_default_grids(bench: Bench) -> None:
     ("variant", "message"),
     [("nope", "unknown variant 'nope'"), ("pruning", "no step-wise sweep")],
 )
-def test_unknown_or_unsweepable_variant(bench: Bench, variant: str, message: str) -> None:
+def test_unknown_or_unsweepable_variant(bench: Workspace, variant: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         tamper_at_steps(bench, variant, 0, 1)
     with pytest.raises(ValueError, match=message):
@@ -135,6 +135,6 @@ def test_unknown_or_unsweepable_variant(bench: Bench, variant: str, message: str
 
 
 @pytest.mark.parametrize("steps", [[], [-1], [2.5]])
-def test_bad_step_counts(bench: Bench, steps: list[Any]) -> None:
+def test_bad_step_counts(bench: Workspace, steps: list[Any]) -> None:
     with pytest.raises(ValueError, match="steps must be"):
         tamper_at_steps_many(bench, "backdoor", 0, steps)

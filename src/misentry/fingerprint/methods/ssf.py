@@ -12,7 +12,7 @@ from torch import nn
 
 from misentry.data import ImageSet
 from misentry.fingerprint.base import Generator, SearchContext, on_lattice
-from misentry.fingerprint.natural import draw_sources
+from misentry.fingerprint.methods.natural import draw_sources
 from misentry.models import last_linear
 from misentry.models.pgd import project_ball
 from misentry.models.train import evaluation

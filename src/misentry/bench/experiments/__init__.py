@@ -1,0 +1,1 @@
+"""The benchmark's experiments, one module each."""

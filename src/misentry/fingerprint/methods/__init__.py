@@ -1,0 +1,1 @@
+"""The fingerprint generators, one module per method (MiSentry is a package of its stages)."""
