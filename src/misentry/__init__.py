@@ -1,8 +1,12 @@
 """misentry: black-box integrity verification of deployed deep-learning classifiers.
 
-The package is layered (see ``ARCHITECTURE`` in the README): :mod:`misentry.data` gives datasets and
-deterministic pools, :mod:`misentry.models` gives architectures, the one training loop and the
-content-addressed record format.
+The package is layered, and a layer imports only the layers before it: :mod:`misentry.data`
+(datasets and deterministic pools), :mod:`misentry.models` (architectures, the one training loop,
+the shared PGD loop, the content-addressed record format, the label-oracle protocol),
+:mod:`misentry.tamper` (BIVBench, the tampered variants), :mod:`misentry.fingerprint` (the
+generators and the bundle), :mod:`misentry.verify` and :mod:`misentry.serve` (checking and serving a
+deployed model), :mod:`misentry.bench` (the benchmark and its report) and :mod:`misentry.cli` (the
+command line). The README's "Layout" section lists what each folder holds.
 """
 
 from importlib.metadata import PackageNotFoundError, version

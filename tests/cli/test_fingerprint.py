@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from misentry.cli import main
-from misentry.data import ImageSet, get_dataset
+from misentry.data import ImageSet, Pools
 from misentry.fingerprint.bundle import (
     KEY_ENV,
     BundleError,
@@ -21,16 +21,9 @@ from misentry.fingerprint.bundle import (
     load_key,
 )
 from misentry.fingerprint.export import MIN_SIDE, export_png
+from misentry.fingerprint.methods.misentry import Profile
 from misentry.fingerprint.registry import METHODS
-from misentry.models import (
-    Record,
-    TargetConfig,
-    TrainConfig,
-    load_model,
-    predict,
-    save_record,
-    train_target,
-)
+from misentry.models import Record, predict
 
 CHEAP: dict[str, tuple[str, ...]] = {
     "ibsf": ("--set", "steps=20"),
@@ -71,22 +64,8 @@ def _no_key_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LeNet-5 digits target, trained in a few seconds and saved as a record."""
-    record = train_target(
-        TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16))
-    )
-    return save_record(record, tmp_path_factory.mktemp("target") / "target")
-
-
-@pytest.fixture(scope="module")
-def target(target_dir: Path) -> tuple[nn.Module, Record]:
-    return load_model(target_dir)
-
-
-@pytest.fixture(scope="module")
-def sources() -> ImageSet:
-    return get_dataset("digits").pools(0)["source"]
+def sources(digits_pools: Pools) -> ImageSet:
+    return digits_pools["source"]
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -95,16 +74,16 @@ def test_every_method_writes_a_bundle_with_the_targets_labels(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
     target_dir: Path,
-    target: tuple[nn.Module, Record],
+    target: nn.Module,
+    record: Record,
 ) -> None:
     out = tmp_path / "fp"
     argv = ("fingerprint", "--method", method, "--target", str(target_dir), "--n", "8")
     code, stdout, err = run(capsys, *argv, "--out", str(out), *cheap(method), "--json")
     assert code == 0, err
     fps = load_bundle(out)
-    model, record = target
     assert len(fps) == 8
-    assert torch.equal(fps.labels, predict(model, fps.x))
+    assert torch.equal(fps.labels, predict(target, fps.x))
     assert fps.manifest["method"] == method.removesuffix("-covert")  # covert is a profile
     assert fps.manifest["target_id"] == record.record_id
     assert (fps.manifest["dataset"], fps.manifest["n"], fps.manifest["seed"]) == ("digits", 8, 0)
@@ -270,3 +249,4 @@ def test_help_explains_methods_profiles_and_the_bundle(capsys: pytest.CaptureFix
     for word in (*METHODS, "strict", "covert", "three decision boundaries", "bundle folder"):
         assert word in out
     assert "misentry fingerprint --method" in out  # the examples
+    assert "{" + ",".join(profile.value for profile in Profile) + "}" in out  # --profile choices

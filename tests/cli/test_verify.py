@@ -3,9 +3,8 @@ HTTP oracles (faked here; their own tests are elsewhere)."""
 
 from __future__ import annotations
 
-import argparse
-import copy
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -15,68 +14,18 @@ import pytest
 import torch
 from torch import nn
 
-from misentry.cli import _verb
-from misentry.cli.verify import add_verify
-from misentry.data import get_dataset, to_unit
+from misentry.cli import main
+from misentry.data import to_unit
 from misentry.fingerprint.bundle import FingerprintSet, save_bundle
-from misentry.models import (
-    Record,
-    last_linear,
-    model_record,
-    predict,
-    save_record,
-)
+from misentry.models import predict
 from misentry.models.oracle import LabelOracle
-from misentry.models.spec import InputSpec
 from misentry.verify.ledger import LEDGER_FILE
 
-N = 16
-
-
-@pytest.fixture(scope="module")
-def files(
-    tmp_path_factory: pytest.TempPathFactory, record: Record, target: nn.Module
-) -> dict[str, Path]:
-    """The target's record, a tampered record (every image gets label 0) and a signed key."""
-    root = tmp_path_factory.mktemp("verify-cli")
-    tampered = copy.deepcopy(target)
-    with torch.no_grad():
-        last_linear(tampered)[1].bias[0] += 1000.0
-    assert record.input is not None
-    tampered_record = model_record(
-        tampered,
-        kind="tampered",
-        dataset=record.dataset,
-        architecture=str(record.architecture),
-        spec=InputSpec.from_json(record.input),
-        data_seed=record.data_seed,
-        model_seed=record.model_seed,
-        params={"test": "bias of label 0 raised"},
-        parent=record.record_id,
-    )
-    (root / "key").write_text("owner secret\n")
-    return {
-        "target": save_record(record, root / "target"),
-        "tampered": save_record(tampered_record, root / "tampered"),
-        "key": root / "key",
-    }
-
-
-@pytest.fixture
-def fingerprints(tmp_path: Path, target: nn.Module) -> Path:
-    """A fresh unsigned bundle (no ledger yet) of 16 natural fingerprints, none labelled 0."""
-    source = get_dataset("digits").pools(0)["source"].images
-    labels = predict(target, to_unit(source))
-    keep = (labels != 0).nonzero().flatten()[:N]
-    fps = FingerprintSet(source[keep], labels[keep], keep, {"dataset": "digits"})
-    return save_bundle(fps, tmp_path / "fp")
+from .clikit import N
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="misentry")
-    add_verify(parser.add_subparsers(), _verb)
-    args = parser.parse_args(["verify", *argv])
-    code: int = args.handler(args)
+    code = main(["verify", *argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -218,7 +167,8 @@ class FakeOracle(LabelOracle):
     fail: ClassVar[Exception | None] = None
 
     def __init__(self, where: Any, **kwargs: Any) -> None:
-        limits = {k: kwargs.pop(k) for k in ("num_classes", "batch_size", "budget", "deadline")}
+        names = ("num_classes", "batch_size", "budget", "deadline")
+        limits = {k: kwargs.pop(k) for k in names if k in kwargs}
         super().__init__(**limits)
         FakeOracle.made.append({"where": where, **kwargs, **limits})
         if FakeOracle.fail is not None:
@@ -290,11 +240,25 @@ def test_onnx_and_a_failing_oracle_setup(
 
 
 def test_help_has_exit_codes_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser(prog="misentry")
-    add_verify(parser.add_subparsers(), _verb)
     with pytest.raises(SystemExit) as exit_info:
-        parser.parse_args(["verify", "--help"])
+        main(["verify", "--help"])
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
     for text in ("exit status", "inconclusive", "examples:", "--endpoint", "--ns", "ledger"):
         assert text in out
+
+
+def test_help_shows_the_http_oracles_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    from misentry.verify.http import HttpOracle
+
+    oracle = HttpOracle("http://127.0.0.1:9/v2/models/m")
+    with pytest.raises(SystemExit):
+        main(["verify", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"images per request ({oracle.batch_size})" in out
+    assert f"seconds per request ({oracle.options.timeout:g})" in out
+    assert f"input tensor name ({oracle.options.input_name})" in out
+    assert f"(default {oracle.options.datatype})" in out
+    assert f"tensor layout ({oracle.options.layout})" in out
+    assert f"(default {oracle.options.output})" in out
+    assert re.search(r"\{[a-z_:]+\}", out) is None  # every placeholder filled

@@ -1,13 +1,19 @@
-"""Shared fixtures of the fingerprint tests: the digits source pool (the target is in
-tests/conftest.py)."""
+"""Shared fixtures of the fingerprint tests: the digits source pool (the target and the pools
+are in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from misentry.data import ImageSet, get_dataset
+from misentry.data import ImageSet, Pools
 
 
 @pytest.fixture(scope="module")
-def sources() -> ImageSet:
-    return get_dataset("digits").pools(0)["source"]
+def sources(digits_pools: Pools) -> ImageSet:
+    return digits_pools["source"]
+
+
+@pytest.fixture(scope="module")
+def pools(digits_pools: Pools) -> Pools:
+    """The digits pools of the shared target (data seed 0)."""
+    return digits_pools

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from misentry.data import get_dataset
+from misentry.data import Pools
 from misentry.fingerprint.autoencoder import AutoencoderParams, train_autoencoder
 
 
 @pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    return get_dataset("digits").pools(0)["owner_train"].x
+def images(digits_pools: Pools) -> torch.Tensor:
+    return digits_pools["owner_train"].x
 
 
 def test_training_lowers_the_reconstruction_error_well_below_the_mean_image(

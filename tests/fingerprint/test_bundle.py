@@ -1,4 +1,4 @@
-"""The fingerprint bundle: round trips, the hash and signature checks, per-sample statistics."""
+"""The fingerprint bundle: round trips, the hash and signature checks, keys."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from misentry.data import get_dataset
 from misentry.fingerprint.bundle import (
     KEY_ENV,
     MANIFEST_FILE,
@@ -19,8 +18,6 @@ from misentry.fingerprint.bundle import (
     load_key,
     save_bundle,
 )
-from misentry.fingerprint.stats import describe_samples, entropy, entropy_percentile
-from misentry.models import TargetConfig, TrainConfig, model_from_record, predict, train_target
 
 KEY = b"correct horse battery staple"
 
@@ -146,39 +143,3 @@ def test_keys_come_from_a_file_or_the_environment(tmp_path: Path, monkeypatch) -
 
 
 # --- statistics -------------------------------------------------------------------------------
-
-
-def test_entropy_and_its_percentile() -> None:
-    uniform = torch.full((1, 4), 0.25)
-    certain = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
-    assert float(entropy(uniform)[0]) == pytest.approx(torch.log(torch.tensor(4.0)).item())
-    assert float(entropy(certain)[0]) == pytest.approx(0.0, abs=1e-9)
-    normal = torch.tensor([0.1, 0.2, 0.3, 0.4, 5.0])
-    normal_labels = torch.tensor([0, 0, 0, 0, 1])
-    got = entropy_percentile(
-        torch.tensor([0.25, 0.0, 1.0]), torch.tensor([0, 0, 0]), normal, normal_labels
-    )
-    assert got.tolist() == [50.0, 0.0, 100.0]
-
-
-def test_describe_samples_measures_distances_and_the_targets_view() -> None:
-    record = train_target(
-        TargetConfig(dataset="digits", train=TrainConfig(epochs=3, batch_size=16))
-    )
-    model = model_from_record(record)
-    pools = get_dataset("digits").pools(0)
-    sources = pools["source"].x[:5]
-    moved = (sources + 4 / 255).clamp(0, 1)
-    rows = describe_samples(model, moved, sources, pools["test"].x)
-    labels = predict(model, moved)
-    for row, label, src, fp in zip(rows, labels.tolist(), sources, moved, strict=True):
-        assert row["label"] == label
-        assert 0.0 < row["confidence"] <= 1.0
-        assert row["margin"] >= 0.0
-        assert 0.0 <= row["entropy_percentile"] <= 100.0
-        assert row["linf"] == pytest.approx(float((fp - src).abs().max()), abs=1e-6)
-        assert row["l2"] == pytest.approx(float((fp - src).norm()), rel=1e-5)
-        assert row["psnr"] > 30
-    same = describe_samples(model, sources, sources, pools["test"].x)
-    assert all(row["psnr"] is None and row["l2"] == 0.0 for row in same)
-    json.dumps(rows + same, allow_nan=False)  # manifests are strict JSON

@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("mlserver", reason="the MLServer interop test needs the interop extra")
 
 from loopback_http import call
-from misentry.data import ImageSet, get_dataset, to_pixels, to_unit
+from misentry.data import ImageSet, Pools, to_pixels, to_unit
 from misentry.models import (
     Record,
     model_from_record,
@@ -42,8 +42,8 @@ def server(record_dir: Path) -> Iterator[tuple[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    test: ImageSet = get_dataset("digits").pools(0)["test"]
+def images(digits_pools: Pools) -> torch.Tensor:
+    test: ImageSet = digits_pools["test"]
     return test.x[:64]
 
 

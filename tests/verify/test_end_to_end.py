@@ -5,6 +5,7 @@ misbehaving one.
   a real MLServer (when the ``interop`` extra is installed), verified through ``HttpOracle``.
 - Faults: every failure of the endpoint ends INCONCLUSIVE with exit 2 and a reason, within the
   deadline; the same server behaving well gives exit 0, so the checks can fail.
+- The demo's nightly check: both models served, verified under the names the ledger keeps.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 pytest.importorskip("fastapi", reason="misentry serve needs the serve extra")
 
 from misentry.cli import main
-from misentry.data import get_dataset
+from misentry.data import Pools
 from misentry.fingerprint.bundle import FingerprintSet, save_bundle
 from misentry.fingerprint.registry import get_method
 from misentry.models import (
@@ -34,40 +36,34 @@ from misentry.models import (
 from misentry.serve.oip import create_app_from_record, serve_in_thread
 from misentry.verify.http import HttpOracle
 from misentry.verify.verifier import Verdict, verify
-
-from .test_http_oracle import NUM_CLASSES, FaultServer, fault_server, rule_labels
-
-__all__ = ["fault_server"]  # the fixture, imported for the fault tests
+from verify.faultkit import NUM_CLASSES, FaultServer, rule_labels
 
 
 @pytest.fixture(scope="module")
-def target(digits_record: Record) -> Record:
-    return digits_record
-
-
-@pytest.fixture(scope="module")
-def tampered(target: Record) -> Record:
+def tampered(digits_record: Record) -> Record:
     """The target with its output layer's bias for class 0 raised: a crude, obvious change."""
-    name, layer = last_linear(model_from_record(target))
+    name, layer = last_linear(model_from_record(digits_record))
     assert layer.bias is not None
-    tensors = dict(target.tensors)
+    tensors = dict(digits_record.tensors)
     key = f"{name}.bias"
     changed = tensors[key].clone()
     changed[0] += 25.0
     tensors[key] = changed
-    return replace(target, tensors=tensors, parent=target.record_id)
+    return replace(digits_record, tensors=tensors, parent=digits_record.record_id)
 
 
 @pytest.fixture(scope="module")
-def bundle(target: Record) -> FingerprintSet:
-    pools = get_dataset("digits").pools(0)
-    return get_method("natural").generate(model_from_record(target), pools["source"], 30, seed=0)
+def bundle(target: nn.Module, digits_pools: Pools) -> FingerprintSet:
+    """30 natural fingerprints of the digits target."""
+    return get_method("natural").generate(target, digits_pools["source"], 30, seed=0)
 
 
 @pytest.fixture(scope="module")
-def folders(target: Record, tampered: Record, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def folders(
+    digits_record: Record, tampered: Record, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     root = tmp_path_factory.mktemp("records")
-    save_record(target, root / "target")
+    save_record(digits_record, root / "target")
     save_record(tampered, root / "tampered")
     return root
 
@@ -204,20 +200,20 @@ def test_a_refused_connection_is_inconclusive(
     assert seconds < 6.0
 
 
-def test_the_demo_serves_both_models_and_verifies_them_over_http(
+def test_both_models_served_are_verified_under_the_names_the_ledger_keeps(
     folders: Path, bundle: FingerprintSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rich.console import Console
-
-    from misentry.cli.demo import _serve_and_verify
-
+    """What ``misentry demo`` does after its benchmark: serve the target and a tampered copy on
+    loopback and verify each over HTTP under its own endpoint name."""
     save_bundle(bundle, tmp_path / "fp")
-    code = _serve_and_verify(
-        Console(), tmp_path / "fp", folders / "target", folders / "tampered", ns=30
-    )
+    codes = {}
+    for which in ("target", "tampered"):
+        with misentry_server(folders / which, which) as base:
+            argv = ["verify", "--fingerprints", str(tmp_path / "fp"), "--name", which]
+            codes[which] = main([*argv, "--endpoint", f"{base}/v2/models/{which}", "--ns", "30"])
     out = capsys.readouterr().out
-    assert code == 0
+    assert codes == {"target": 0, "tampered": 1}
     assert "INTACT" in out
     assert "TAMPERED" in out
     ledger = json.loads((tmp_path / "fp" / "ledger.json").read_text())
-    assert "target" in json.dumps(ledger)  # the demo names its endpoints for the ledger
+    assert "target" in json.dumps(ledger)  # the endpoints are kept under the names given

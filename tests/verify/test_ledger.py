@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from misentry.data import get_dataset, to_unit
+from misentry.data import Pools, to_unit
 from misentry.fingerprint.bundle import FingerprintSet, load_bundle, save_bundle
 from misentry.models import (
     predict,
@@ -25,9 +25,9 @@ KEY = b"owner secret"
 
 
 @pytest.fixture
-def bundle_dir(tmp_path: Path, target: nn.Module) -> Path:
+def bundle_dir(tmp_path: Path, target: nn.Module, digits_pools: Pools) -> Path:
     """A signed bundle of 12 natural fingerprints."""
-    images = get_dataset("digits").pools(0)["source"].images[:N]
+    images = digits_pools["source"].images[:N]
     labels = predict(target, to_unit(images))
     fps = FingerprintSet(images, labels, torch.arange(N), {"method": "test", "dataset": "digits"})
     return save_bundle(fps, tmp_path / "fp", key=KEY)
@@ -268,8 +268,10 @@ def test_an_unwritable_ledger_stops_the_verification_before_any_query(
     assert oracle.queries == 0
 
 
-def test_an_unsaved_bundle_has_no_ledger(target: nn.Module, tmp_path: Path) -> None:
-    images = get_dataset("digits").pools(0)["source"].images[:3]
+def test_an_unsaved_bundle_has_no_ledger(
+    target: nn.Module, digits_pools: Pools, tmp_path: Path
+) -> None:
+    images = digits_pools["source"].images[:3]
     fps = FingerprintSet(images, predict(target, to_unit(images)), torch.arange(3))
     with pytest.raises(LedgerError, match="save the bundle"):
         Ledger.open(tmp_path / "ledger.json", fps)

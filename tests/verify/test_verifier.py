@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from misentry.data import get_dataset, to_unit
+from misentry.data import Pools, to_unit
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.models import (
     last_linear,
@@ -26,9 +26,9 @@ N = 24
 
 
 @pytest.fixture(scope="module")
-def bundle(target: nn.Module) -> FingerprintSet:
+def bundle(target: nn.Module, digits_pools: Pools) -> FingerprintSet:
     """Natural fingerprints: source images with the target's own labels."""
-    images = get_dataset("digits").pools(0)["source"].images[:N]
+    images = digits_pools["source"].images[:N]
     labels = predict(target, to_unit(images))
     return FingerprintSet(images, labels, torch.arange(N), {"method": "test"})
 

@@ -1,1 +1,4 @@
-"""The benchmark: metrics over tampered instances (the harness and reports come later)."""
+"""The benchmark: named presets (:mod:`.presets`) run end to end by :func:`.runner.run_bench`
+as resumable content-addressed jobs (:mod:`.jobs`) on an executor, one module per experiment
+(:mod:`.experiments`), the result rows (:mod:`.results`, :mod:`.metrics`) and the report rebuilt
+from them (:mod:`.report`)."""

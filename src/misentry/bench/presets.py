@@ -1,7 +1,9 @@
 """Named benchmark runs: which target, which fingerprint methods, which BIVBench variants.
 
 A :class:`Preset` holds everything :func:`misentry.bench.runner.run_bench` needs besides the
-output folder; the CLI (``misentry bench --preset NAME``) overrides single fields. ``digits-smoke``
+output folder, each experiment's settings among them (the specs of
+:mod:`misentry.bench.experiments`); the CLI (``misentry bench --preset NAME``) overrides single
+fields. ``digits-smoke``
 runs in well under a minute on a laptop CPU and is what the tests run; ``mnist5k`` is the
 embedded benchmark; the ``*-paper`` presets read their dataset from a folder (``--data-dir``).
 """
@@ -13,111 +15,46 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from misentry.bench.experiments import EXPERIMENTS as KINDS
+from misentry.bench.experiments import (
+    NAMES,
+    OPTIONAL,
+    AblationSpec,
+    Experiment,
+    FrontierSpec,
+    LeakageSpec,
+    SensitivitySpec,
+)
+from misentry.bench.experiments.base import Setup
+from misentry.bench.jobs.tasks import BANDS
 from misentry.data import get_dataset
 from misentry.fingerprint.registry import METHODS
 from misentry.models import TargetConfig
 from misentry.models.target import TARGET_RECIPES
 from misentry.models.train import TrainConfig
+from misentry.tamper.registry import select
 
-EXPERIMENTS = ("detection", "leakage", "covertness", "sensitivity", "ablation", "cost", "frontier")
-"""The benchmark's experiments. ``detection``, ``covertness`` and ``cost`` come from the main
-bundles and always run; the others add jobs of their own and can be left out."""
+__all__ = [
+    "CHEAP_ZOO",
+    "COLOUR_METHODS",
+    "DEMO_INSTANCES",
+    "EXPERIMENTS",
+    "OPTIONAL_EXPERIMENTS",
+    "PRESETS",
+    "AblationSpec",
+    "FrontierSpec",
+    "LeakageSpec",
+    "Preset",
+    "SensitivitySpec",
+    "get_preset",
+]
 
-OPTIONAL_EXPERIMENTS = ("leakage", "sensitivity", "ablation", "frontier")
+EXPERIMENTS = NAMES
+"""The benchmark's experiments, in report order. ``detection``, ``covertness`` and ``cost`` come
+from the main bundles and always run; the others add jobs of their own and can be left out."""
 
-SUBTLE_VARIANTS = (
-    "ft_last_lr1e-5",
-    "ft_last_lr1e-4",
-    "ft_all_lr1e-5",
-    "ft_all_lr1e-4",
-    "pruning",
-    "quantization",
-    "unlearning",
-)
-"""The variants the frontier measures detection on: those natural images miss on mnist5k
-(DR@5 of natural fingerprints 0.000 on each, 10 instances per variant)."""
-
-ABLATIONS: tuple[tuple[str, Mapping[str, Any]], ...] = (
-    ("default", {}),
-    ("zoo: ft_last only", {"zoo": ("ft_last:1e-4x4",)}),
-    ("zoo: ft_all only", {"zoo": ("ft_all:1e-5x4", "ft_all:1e-4x4")}),
-    ("zoo: retrain only", {"zoo": ("retrain_last",)}),
-    ("no meta-learning", {"meta_learning": False}),
-    ("no entropy band", {"band": False}),
-    ("no screening", {"screening": False}),
-    ("L2 (eps 2.0)", {"norm": "l2", "eps": 2.0}),
-)
-"""MiSentry configurations of the ablation (the paper's Table 2), as overrides of the strict
-profile; ``default`` is the profile itself. The default zoo mixes all three kinds."""
-
-
-@dataclass(frozen=True)
-class LeakageSpec:
-    """The leakage experiment (the paper's Figure 4).
-
-    Attributes:
-        attacks: adaptive attacks (see :data:`misentry.bench.experiments.leakage.ATTACKS`).
-        n_leaked: fingerprints the attacker holds (each below the bundle's N).
-        instances: base instances per attack (bench namespace, indices 0..instances-1).
-        methods: the methods attacked; empty: every method of the preset.
-    """
-
-    attacks: tuple[str, ...] = ("adaptive_backdoor", "adaptive_ft_last")
-    n_leaked: tuple[int, ...] = (0, 10, 25, 50)
-    instances: int = 2
-    methods: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class SensitivitySpec:
-    """The sensitivity experiment (the paper's Figure 6): detection against the tampering's
-    training steps.
-
-    Attributes:
-        variants: the tamperings swept.
-        steps: per variant, the step counts; a variant not named takes
-            :func:`misentry.bench.experiments.sensitivity.default_steps`.
-        instances: trajectories per variant (bench namespace, indices 0..instances-1).
-    """
-
-    variants: tuple[str, ...] = ("ft_last_lr1e-5", "targeted", "backdoor")
-    steps: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
-    instances: int = 1
-
-
-@dataclass(frozen=True)
-class AblationSpec:
-    """The ablation (the paper's Table 2): one MiSentry bundle per configuration, evaluated on
-    the detection table's instances.
-
-    Attributes:
-        configs: (name, overrides of the strict profile) pairs.
-        n_fingerprints: fingerprints per ablation bundle (fewer than the main bundles: eight
-            configurations of the costliest generator).
-    """
-
-    configs: tuple[tuple[str, Mapping[str, Any]], ...] = ABLATIONS
-    n_fingerprints: int = 30
-
-
-@dataclass(frozen=True)
-class FrontierSpec:
-    """The covertness/sensitivity frontier: MiSentry's ``covertness`` swept between the strict
-    profile (0) and the covert one, each point's confidence-detector AUC against its DR@5 on
-    the subtle variants, beside every other method's point.
-
-    Attributes:
-        covertness: the sweep's inner points (the strict and covert profiles are the main
-            ``misentry`` and ``misentry-covert`` bundles). Denser near 1: on mnist5k the
-            confidence detector's AUC stays at 0.996 or above up to 0.75 and falls from there
-            (0.93 at 0.9, 0.89 at 0.95, 0.80 at 0.98, 0.70 for the covert profile).
-        variants: the variants detection is measured on (those the preset builds).
-        n_fingerprints: fingerprints per sweep bundle; None: the preset's.
-    """
-
-    covertness: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 0.95)
-    variants: tuple[str, ...] = SUBTLE_VARIANTS
-    n_fingerprints: int | None = None
+OPTIONAL_EXPERIMENTS = OPTIONAL
+"""The experiments a preset may leave out."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +77,11 @@ class Preset:
         data_label: how errors name the dataset (e.g. ``CIFAR-10``); empty: the dataset name.
         experiments: the optional experiments to run (of :data:`OPTIONAL_EXPERIMENTS`);
             detection, covertness and cost always run.
-        leakage, sensitivity, ablation, frontier: each optional experiment's settings.
+        leakage, sensitivity, ablation, frontier: each optional experiment's settings (a field
+            named after the experiment).
+        band: ``none``, or ``covert``: every method but MiSentry keeps only its fingerprints
+            inside the covert output band, to compare methods at equal covertness (see
+            :func:`misentry.bench.jobs.tasks.hold_to_covert_band`).
     """
 
     name: str
@@ -155,10 +96,11 @@ class Preset:
     ns: tuple[int, ...] = (1, 5)
     data_label: str = ""
     experiments: tuple[str, ...] = OPTIONAL_EXPERIMENTS
-    leakage: LeakageSpec = LeakageSpec()
-    sensitivity: SensitivitySpec = SensitivitySpec()
-    ablation: AblationSpec = AblationSpec()
-    frontier: FrontierSpec = FrontierSpec()
+    leakage: LeakageSpec = field(default_factory=LeakageSpec)
+    sensitivity: SensitivitySpec = field(default_factory=SensitivitySpec)
+    ablation: AblationSpec = field(default_factory=AblationSpec)
+    frontier: FrontierSpec = field(default_factory=FrontierSpec)
+    band: str = "none"
 
     def __post_init__(self) -> None:
         problems = []
@@ -168,12 +110,10 @@ class Preset:
                 f"unknown experiments {unknown_experiments}; optional experiments: "
                 f"{', '.join(OPTIONAL_EXPERIMENTS)}"
             )
-        if "leakage" in self.experiments and any(
-            k < 0 or k >= self.n_fingerprints for k in self.leakage.n_leaked
-        ):
-            problems.append(
-                f"every n_leaked in {self.leakage.n_leaked} must lie in [0, n_fingerprints)"
-            )
+        for spec in self.specs:
+            problems += spec.problems(self.n_fingerprints)
+        if self.band not in BANDS:
+            problems.append(f"unknown band {self.band!r}; bands: {', '.join(BANDS)}")
         if self.instances < 1 or self.n_fingerprints < 1:
             problems.append("instances and n_fingerprints must be at least 1")
         if not self.ns or any(ns < 1 or ns > self.n_fingerprints for ns in self.ns):
@@ -185,6 +125,32 @@ class Preset:
             problems.append(f"unknown methods {unknown}; methods: {', '.join(METHODS)}")
         if problems:
             raise ValueError(f"preset {self.name}: {'; '.join(problems)}")
+
+    @property
+    def specs(self) -> tuple[Experiment, ...]:
+        """The experiments this preset runs, in report order, each with its settings (the field
+        named after it; the experiments without settings, a default instance)."""
+        specs = []
+        for kind in KINDS:
+            if kind.optional and kind.name not in self.experiments:
+                continue
+            spec = getattr(self, kind.name, None)
+            specs.append(spec if isinstance(spec, kind) else kind())
+        return tuple(specs)
+
+    @property
+    def setup(self) -> Setup:
+        """What the experiments read of the preset (its variant slugs resolved: a KeyError names
+        an unknown one)."""
+        return Setup(
+            dataset=self.dataset,
+            methods=self.methods,
+            method_overrides=self.method_overrides,
+            variants=tuple(v.slug for v in select(self.variant_spec)),
+            instances=self.instances,
+            n_fingerprints=self.n_fingerprints,
+            ns=self.ns,
+        )
 
     @property
     def target_config(self) -> TargetConfig:

@@ -1,20 +1,19 @@
-"""The ``misentry bench`` verb: run a benchmark preset end to end and print its detection table.
-
-Kept apart from :mod:`misentry.cli` and wired in there with :func:`add_bench`.
-"""
+"""The ``misentry bench`` verb: run a benchmark preset end to end and print its detection table
+(:func:`detection_table`, which ``misentry demo`` prints too)."""
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from misentry.cli.verbs import MakeVerb, Verbs, stage_bars
+from misentry.bench.jobs.tasks import BANDS
+from misentry.cli.common import Verbs, add_verb, console, err_console, integers, names, stage_bars
 
 if TYPE_CHECKING:
     from misentry.bench.results import ResultRow
@@ -37,7 +36,9 @@ covert against detection on the subtle variants).
 Every step is a job in --out/jobs/, named by a hash of its configuration: a rerun reuses every
 finished job, and a run that was stopped resumes where it was, whatever the executor. Jobs of
 one wave are independent: --executor process or ray runs them side by side. The options below
-override the preset's fields.
+override the preset's fields: --methods runs any registered methods (`misentry fingerprint
+--help` lists them), --set changes one parameter of one method, and --band covert holds every
+method but MiSentry to the covert output band, to compare methods at equal covertness.
 
 presets:
   digits-smoke     the 8x8 digits, a 3-epoch target, natural/noise/misentry (cheap settings),
@@ -57,37 +58,54 @@ examples:
   misentry bench --preset mnist5k --methods natural,misentry --instances 3 --out runs/bench
   misentry bench --preset mnist5k --experiments none --executor process --workers 2 --out runs/b
   misentry bench --preset cifar10-paper --data-dir data/cifar10 --out runs/cifar10
+  misentry bench --preset mnist5k --methods misentry-covert,natural,ibsf --band covert \\
+      --experiments none --out runs/covert
+  misentry bench --preset mnist5k --methods misentry --set misentry:steps=30 --out runs/steps
 """
-
-console = Console()
-err_console = Console(stderr=True)
 
 LOG_WIDTH = 160
 """Columns of the printed table when stdout is not a terminal (a log file): wide enough for the
 detection table of every method, which a terminal's width would cut."""
 
 
-def add_bench(verbs: Verbs, make_verb: MakeVerb) -> argparse.ArgumentParser:
-    """Add ``misentry bench`` to ``verbs``; returns its parser."""
-    bench = make_verb(
+def add(verbs: Verbs) -> None:
+    """Register ``misentry bench``."""
+    bench = add_verb(
         verbs,
         "bench",
         "run a benchmark preset end to end (resumable) and print the detection table",
-        _bench,
+        run,
         description=BENCH_DESCRIPTION,
+        epilog=BENCH_EPILOG,
     )
-    bench.epilog = BENCH_EPILOG
     bench.add_argument("--preset", required=True, help="the preset (listed above)")
-    bench.add_argument("--methods", type=_names, help="methods, comma-separated (override)")
+    bench.add_argument("--methods", type=names, help="methods, comma-separated (override)")
     bench.add_argument("--variants", help="'all' or variant slugs, comma-separated (override)")
     bench.add_argument("--instances", type=int, help="instances per variant (override)")
     bench.add_argument("--n-fingerprints", type=int, help="fingerprints per bundle (override)")
-    bench.add_argument("--ns", type=_numbers, help="N_S values of the table, e.g. 1,5 (override)")
+    bench.add_argument("--ns", type=integers, help="N_S values of the table, e.g. 1,5 (override)")
     bench.add_argument(
         "--experiments",
         type=_experiments,
         help="optional experiments, comma-separated, or 'none' (override; "
         "of leakage, sensitivity, ablation, frontier)",
+    )
+    bench.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="METHOD:KEY=VALUE",
+        action="append",
+        default=[],
+        help="one parameter of one method, VALUE read as JSON when it parses (repeatable; "
+        "e.g. misentry:steps=30, ssf:eps=0.1)",
+    )
+    bench.add_argument(
+        "--band",
+        choices=BANDS,
+        help="covert: every method but MiSentry keeps only fingerprints inside the covert "
+        "output band (the 10th-90th percentile of the target's entropy and confidence on "
+        "the owner's val images of the same label), generated from every source image, the "
+        "first N kept (default: the preset's, none)",
     )
     bench.add_argument("--seed", type=int, default=0, help="fingerprint generation seed")
     bench.add_argument("--data-dir", type=Path, help="dataset folder, for datasets read from disk")
@@ -103,30 +121,35 @@ def add_bench(verbs: Verbs, make_verb: MakeVerb) -> argparse.ArgumentParser:
         help="torch threads per job (default: all for local, CPUs / workers otherwise)",
     )
     bench.add_argument("--out", type=Path, required=True, help="run folder (created or resumed)")
-    return bench
-
-
-def _names(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
-    return names
 
 
 def _experiments(text: str) -> tuple[str, ...]:
-    return () if text.strip() == "none" else _names(text)
+    return () if text.strip() == "none" else names(text)
 
 
-def _numbers(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in _names(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+def method_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``METHOD:KEY=VALUE`` strings -> {method: {key: value}}, each method's ``KEY=VALUE`` read
+    by :func:`misentry.fingerprint.service.parse_overrides`; a ValueError names a bad item."""
+    from misentry.fingerprint.service import parse_overrides
+
+    grouped: dict[str, list[str]] = {}
+    for item in items:
+        method, colon, setting = item.partition(":")
+        if not colon or not method.strip():
+            raise ValueError(f"--set {item!r}: expected METHOD:KEY=VALUE, e.g. misentry:steps=30")
+        grouped.setdefault(method.strip(), []).append(setting)
+    overrides = {}
+    for method, settings in grouped.items():
+        try:
+            overrides[method] = parse_overrides(settings)
+        except ValueError as err:
+            raise ValueError(f"--set {method}: {err}") from None
+    return overrides
 
 
-def _bench(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run the preset with the options given; print the detection table and where the report
+    is."""
     from misentry.bench.jobs.executors import make_executor
     from misentry.bench.presets import get_preset
     from misentry.bench.results import read_results
@@ -140,6 +163,8 @@ def _bench(args: argparse.Namespace) -> int:
         n_fingerprints=args.n_fingerprints,
         ns=args.ns,
         experiments=args.experiments,
+        band=args.band,
+        overrides=method_overrides(args.overrides),
     )
     preset.check_data_dir(args.data_dir)
     started = time.perf_counter()
@@ -158,13 +183,14 @@ def _bench(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     rows = [r for r in read_results(results) if r.experiment == "detection" and r.ns in preset.ns]
     out = console if console.is_terminal else Console(width=LOG_WIDTH)
-    out.print(_detection_table(rows, preset.methods, preset.ns, preset.name))
-    console.print(f"report: {results / 'report.md'} and {results / 'report.html'}")
+    out.print(detection_table(rows, preset.methods, preset.ns, preset.name))
+    report = f"report: {results / 'report.md'} and {results / 'report.html'}"
+    console.print(report, soft_wrap=True)  # paths whole, to copy
     console.print(f"wall time {seconds:.0f} s ({args.executor} executor)")
     return 0
 
 
-def _detection_table(
+def detection_table(
     rows: Sequence[ResultRow], methods: tuple[str, ...], ns_values: tuple[int, ...], name: str
 ) -> Table:
     """Rows: variants (the identity control last); one column per method, each cell the rates

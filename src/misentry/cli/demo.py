@@ -5,21 +5,30 @@ every BIVBench variant, every fingerprint method and all seven experiments, with
 counts that fit a laptop CPU, and writes the report. Part 2 is what a nightly check does: it
 serves the target and one subtly tampered instance (last-layer fine-tuning at learning rate
 1e-4) on loopback with the Open Inference Protocol and verifies both over HTTP with the run's
-strict MiSentry fingerprints. Both parts are the CLI's own commands, so the demo shows what a
-user types; finished jobs are reused when the demo runs again.
+strict MiSentry fingerprints. Both parts call the library functions that ``misentry bench``,
+``misentry serve`` and ``misentry verify`` call, and print what those print; finished jobs are
+reused when the demo runs again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
 
-from misentry.cli.verbs import MakeVerb
+from misentry.cli.common import Verbs, add_verb, console, err_console, stage_bars
+from misentry.cli.verdict import EXIT_CODES
+from misentry.cli.verify import check, dataset_classes, http_oracle
+
+if TYPE_CHECKING:
+    from misentry.bench.jobs.executors import Kind
+    from misentry.cli.verify import MakeOracle
 
 PRESET = "mnist5k-demo"
 """The benchmark the demo runs."""
@@ -41,10 +50,9 @@ fingerprints. Exits 0 when the benchmark finished, the target is found intact an
 copy tampered. Finished jobs under --out are reused."""
 
 
-def add_demo(
-    verbs: argparse._SubParsersAction[argparse.ArgumentParser], make_verb: MakeVerb
-) -> argparse.ArgumentParser:
-    demo = make_verb(verbs, "demo", "run the main job on mnist5k", _demo, description=DESCRIPTION)
+def add(verbs: Verbs) -> None:
+    """Register ``misentry demo``."""
+    demo = add_verb(verbs, "demo", "run the main job on mnist5k", run, description=DESCRIPTION)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="work folder")
     demo.add_argument("--ns", type=int, default=5, help="fingerprints per check (5)")
     demo.add_argument(
@@ -53,31 +61,52 @@ def add_demo(
         default="local",
         help="where the benchmark's jobs run (default local)",
     )
-    return demo
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from misentry.cli import main
-
-    console = Console()
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark, then serve and verify the target and a tampered instance."""
     out: Path = args.out
     bench = out / "bench"
     console.print(Rule(f"1/2 the benchmark: misentry bench --preset {PRESET} --out {bench}"))
-    argv = ["bench", "--preset", PRESET, "--out", str(bench), "--executor", args.executor]
-    if main(argv) != 0:
-        return 1
-    run = json.loads((bench / "run.json").read_text())
-    target = Path(run["target"])
-    bundle = Path(run["bundles"][METHOD])
+    benchmark(bench, args.executor)
+    made = json.loads((bench / "run.json").read_text())
+    target = Path(made["target"])
+    bundle = Path(made["bundles"][METHOD])
     tampered = next(
-        Path(i["path"]) for i in run["instances"] if i["variant"] == TAMPERING and i["index"] == 0
+        Path(i["path"]) for i in made["instances"] if i["variant"] == TAMPERING and i["index"] == 0
     )
     console.print(Rule("2/2 serve the target and a tampered copy on 127.0.0.1, verify over HTTP"))
-    return _serve_and_verify(console, bundle, target, tampered, args.ns)
+    return serve_and_verify(console, bundle, target, tampered, args.ns)
 
 
-def _serve_and_verify(console: Console, bundle: Path, target: Path, tampered: Path, ns: int) -> int:
-    from misentry.cli import main
+def benchmark(out: Path, executor: Kind) -> None:
+    """Run the :data:`PRESET` benchmark under ``out`` with
+    :func:`misentry.bench.runner.run_bench` and print what ``misentry bench`` prints."""
+    from misentry.bench.jobs.executors import make_executor
+    from misentry.bench.presets import get_preset
+    from misentry.bench.results import read_results
+    from misentry.bench.runner import run_bench
+    from misentry.cli.bench import LOG_WIDTH, detection_table
+
+    preset = get_preset(PRESET)
+    started = time.perf_counter()
+    with (
+        make_executor(executor) as jobs,
+        stage_bars(err_console, width=24) as on_progress,
+    ):
+        results = run_bench(preset, out, progress=on_progress, executor=jobs)
+    seconds = time.perf_counter() - started
+    rows = [r for r in read_results(results) if r.experiment == "detection" and r.ns in preset.ns]
+    wide = console if console.is_terminal else Console(width=LOG_WIDTH)
+    wide.print(detection_table(rows, preset.methods, preset.ns, preset.name))
+    console.print(f"report: {results / 'report.md'} and {results / 'report.html'}")
+    console.print(f"wall time {seconds:.0f} s ({executor} executor)")
+
+
+def serve_and_verify(console: Console, bundle: Path, target: Path, tampered: Path, ns: int) -> int:
+    """Serve ``target`` and ``tampered`` on loopback in turn (as ``misentry serve`` does) and
+    verify each over HTTP with ``ns`` fingerprints of ``bundle`` (as ``misentry verify``
+    does); 0 when the target is intact and the tampered copy tampered, else 1."""
     from misentry.models import load_record
     from misentry.serve.oip import create_app_from_record, serve_in_thread
 
@@ -87,9 +116,8 @@ def _serve_and_verify(console: Console, bundle: Path, target: Path, tampered: Pa
         with serve_in_thread(app) as base:
             url = f"{base}/v2/models/{name}"
             console.print(f"\n[bold]{name}[/]: {folder} served at {url}")
-            argv = ["verify", "--fingerprints", str(bundle), "--endpoint", url, "--name", name]
-            codes[name] = main([*argv, "--ns", str(ns)])
-    verdicts = {0: "intact", 1: "tampered", 2: "inconclusive"}
+            codes[name] = check(bundle, _endpoint(url), ns=[ns], endpoint_id=name)
+    verdicts = {code: verdict for verdict, code in EXIT_CODES.items()}
     table = Table(title="the demo's verdicts over HTTP")
     for column in ("model", "expected", "verdict"):
         table.add_column(column)
@@ -97,3 +125,8 @@ def _serve_and_verify(console: Console, bundle: Path, target: Path, tampered: Pa
     table.add_row(f"{TAMPERING} instance", "tampered", verdicts.get(codes["tampered"], "error"))
     console.print(table)
     return 0 if codes == {"target": 0, "tampered": 1} else 1
+
+
+def _endpoint(url: str) -> MakeOracle:
+    """The HTTP oracle of ``url`` for a bundle, with the oracle's default options."""
+    return lambda bundle: http_oracle(url, num_classes=dataset_classes(bundle))

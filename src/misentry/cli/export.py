@@ -1,40 +1,40 @@
-"""The ``misentry export`` verb: a model record to an ONNX file, checked against ONNX Runtime.
-
-Kept apart from :mod:`misentry.cli` and wired in there with :func:`add_export`.
-"""
+"""``misentry export``: a model record to an ONNX file, checked against ONNX Runtime."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from misentry.cli.verbs import MakeVerb, Verbs
+from misentry.cli.common import CliError, Verbs, add_verb, console, err_console
 
-EXPORT_DESCRIPTION = """\
+if TYPE_CHECKING:
+    from misentry.models import InputSpec, Record
+
+DESCRIPTION = """\
 Export the model of a record folder to an ONNX file for serving (input "input": float32 images
 in [0, 1], N x C x H x W, batch size free; output "logits"), then run the file with ONNX Runtime
 on the first images of the dataset's test pool and check that its labels agree with the model's
 on every one of them. Needs the onnx extra: pip install 'misentry[onnx]'.
 """
 
-EXPORT_EPILOG = """\
+EPILOG = """\
 example:
   misentry export --model runs/target --onnx runs/target.onnx
 """
 
 
-def add_export(verbs: Verbs, make_verb: MakeVerb) -> argparse.ArgumentParser:
-    """Add ``misentry export`` to ``verbs``; returns its parser."""
-    export = make_verb(
+def add(verbs: Verbs) -> None:
+    """Register ``misentry export``."""
+    export = add_verb(
         verbs,
         "export",
         "export a model record to ONNX and check it with ONNX Runtime",
-        _export,
-        description=EXPORT_DESCRIPTION,
+        run,
+        description=DESCRIPTION,
+        epilog=EPILOG,
     )
-    export.epilog = EXPORT_EPILOG
     export.add_argument("--model", type=Path, required=True, metavar="DIR", help="record folder")
     export.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="file to write")
     export.add_argument(
@@ -48,25 +48,17 @@ def add_export(verbs: Verbs, make_verb: MakeVerb) -> argparse.ArgumentParser:
     export.add_argument("--root", type=Path, help="dataset folder, for datasets read from disk")
     export.add_argument("--force", action="store_true", help="replace an existing --onnx file")
     export.add_argument("--json", action="store_true", help="print a JSON summary")
-    return export
 
 
-def _export(args: argparse.Namespace) -> int:
-    from misentry.cli import CliError, console, err_console
+def run(args: argparse.Namespace) -> int:
+    """Export --model to --onnx and check the file's labels against the model's."""
     from misentry.data import get_dataset
     from misentry.models import InputSpec, RecordError, load_model
     from misentry.models.record import sha256_file
     from misentry.verify.onnx import DEFAULT_OPSET, check_export, export_onnx
 
     out: Path = args.onnx
-    if args.check < 0:
-        raise CliError("--check must be 0 or more")
-    if out.is_dir():
-        raise CliError(f"--onnx: {out} is a folder; give a file name such as model.onnx")
-    if out.exists() and not args.force:
-        raise CliError(f"--onnx: {out} exists; use --force to replace it")
-    if not out.parent.is_dir():
-        raise CliError(f"--onnx: the folder {out.parent} does not exist")
+    _check_arguments(args)
     try:
         model, record = load_model(args.model)
     except RecordError as err:
@@ -105,7 +97,27 @@ def _export(args: argparse.Namespace) -> int:
             )
     if args.json:
         print(json.dumps(summary, indent=2))
-        return 0
+    else:
+        _print_summary(summary, record, spec, checked=bool(args.check))
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    out: Path = args.onnx
+    if args.check < 0:
+        raise CliError("--check must be 0 or more")
+    if out.is_dir():
+        raise CliError(f"--onnx: {out} is a folder; give a file name such as model.onnx")
+    if out.exists() and not args.force:
+        raise CliError(f"--onnx: {out} exists; use --force to replace it")
+    if not out.parent.is_dir():
+        raise CliError(f"--onnx: the folder {out.parent} does not exist")
+
+
+def _print_summary(
+    summary: dict[str, Any], record: Record, spec: InputSpec, *, checked: bool
+) -> None:
+    out, opset = summary["onnx"], summary["opset"]
     console.print(
         f"wrote [bold]{out}[/] ({summary['bytes']:,} bytes, opset {opset}, "
         f"sha256 {summary['sha256'][:16]}…)",
@@ -116,7 +128,7 @@ def _export(args: argparse.Namespace) -> int:
         f"input 'input' float32 N×{'×'.join(map(str, spec.shape))} in [0, 1], output 'logits'",
         highlight=False,
     )
-    if args.check:
+    if checked:
         console.print(
             f"  ONNX Runtime agrees with the model on [bold green]{summary['checked']}/"
             f"{summary['checked']}[/] test images (100%)",
@@ -124,4 +136,3 @@ def _export(args: argparse.Namespace) -> int:
         )
     else:
         console.print("  [yellow]not checked[/] against ONNX Runtime (--check 0)")
-    return 0

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.markup import escape
 
-from misentry.cli.verbs import MakeVerb
+from misentry.cli.common import CliError, Verbs, add_verb, console, err_console, port
 
-if TYPE_CHECKING:
-    from fastapi import FastAPI
-
-Runner = Callable[["FastAPI", str, int], None]
-"""Serves an app on (host, port) until interrupted: :func:`misentry.serve.oip.run_server`."""
-
-
-SERVE_DESCRIPTION = """\
+DESCRIPTION = """\
 Serve the model of a record folder (a target or a tampered copy) over the Open Inference
 Protocol (KServe V2) REST API, labels only unless --scores, until Ctrl-C:
 
@@ -34,33 +24,28 @@ shape [N, C, H, W] (or [N, H, W, C]) of the record's input size, data row-major.
 There is no authentication: the server listens on 127.0.0.1 (this machine only) unless --host
 says otherwise."""
 
-SERVE_EPILOG = """\
+EPILOG = """\
 examples:
   misentry serve --model runs/target
   misentry serve --model runs/bench/backdoor/0000 --port 8081 --name suspect
   misentry verify --fingerprints runs/fp --endpoint http://127.0.0.1:8080/v2/models/NAME"""
 
-console = Console()
-err_console = Console(stderr=True)
 
-
-def add_serve(
-    verbs: argparse._SubParsersAction[argparse.ArgumentParser], make_verb: MakeVerb
-) -> argparse.ArgumentParser:
-    """Register ``serve`` on ``verbs`` with ``make_verb`` (the CLI's ``_verb``)."""
-    serve = make_verb(
+def add(verbs: Verbs) -> None:
+    """Register ``misentry serve``."""
+    serve = add_verb(
         verbs,
         "serve",
         "serve a model record over the Open Inference Protocol (KServe V2)",
-        serve_command,
-        description=SERVE_DESCRIPTION,
+        run,
+        description=DESCRIPTION,
+        epilog=EPILOG,
     )
-    serve.epilog = SERVE_EPILOG
     serve.add_argument(
         "--model", type=Path, required=True, metavar="DIR", help="record folder of the model"
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080)")
+    serve.add_argument("--port", type=port, default=8080, help="TCP port (default 8080)")
     serve.add_argument(
         "--name",
         type=_model_name,
@@ -78,20 +63,19 @@ def add_serve(
         metavar="N",
         help="most images per request (default 1024)",
     )
-    return serve
 
 
-def serve_command(args: argparse.Namespace, runner: Runner | None = None) -> int:
-    """Load ``--model``, build the app, print its URL and run it with ``runner``
-    (default: uvicorn via :func:`misentry.serve.oip.run_server`)."""
+def run(args: argparse.Namespace) -> int:
+    """Load ``--model``, build the app, print its URL and serve it with
+    :func:`misentry.serve.oip.run_server` until interrupted."""
     from misentry.models import load_record
 
     if args.max_batch < 1:
-        raise ValueError("--max-batch must be at least 1")
+        raise CliError("--max-batch must be at least 1")
     try:
         from misentry.serve.oip import create_app_from_record, default_model_name, run_server
     except ImportError as err:
-        raise ImportError(
+        raise CliError(
             f"misentry serve needs fastapi and uvicorn ({err}); "
             "install them with: pip install 'misentry[serve]'"
         ) from None
@@ -107,17 +91,17 @@ def serve_command(args: argparse.Namespace, runner: Runner | None = None) -> int
     shown = escape(url)
     console.print(f"model URL [bold]{shown}[/]", highlight=False, soft_wrap=True)
     console.print(f"infer with POST {shown}/infer; Ctrl-C stops", highlight=False, soft_wrap=True)
-    if not is_loopback(args.host):
+    if not _is_loopback(args.host):
         err_console.print(
             f"[yellow]warning: listening on {escape(args.host)}, not on loopback: anyone who "
             "can reach this machine can query the model, and there is no authentication[/]",
             highlight=False,
         )
-    (runner or run_server)(app, args.host, args.port)
+    run_server(app, args.host, args.port)
     return 0
 
 
-def is_loopback(host: str) -> bool:
+def _is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     if host.lower() == "localhost":
         return True
@@ -130,16 +114,6 @@ def is_loopback(host: str) -> bool:
 def _url_host(host: str) -> str:
     bare = host.strip("[]")
     return f"[{bare}]" if ":" in bare else host
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {text!r}")
-    return port
 
 
 def _model_name(text: str) -> str:

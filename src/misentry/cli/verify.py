@@ -9,27 +9,19 @@ must never read as "intact" to a script, nor as "tampered".
 from __future__ import annotations
 
 import argparse
-import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-
-from misentry.cli.verbs import MakeVerb
+from misentry.cli.common import CliError, Verbs, add_verb
+from misentry.cli.verdict import EXIT_CODES, show_failure, show_result
 
 if TYPE_CHECKING:
     from misentry.fingerprint.bundle import FingerprintSet
     from misentry.models.oracle import LabelOracle
-    from misentry.verify.ledger import Ledger
-    from misentry.verify.verifier import VerificationResult
+    from misentry.verify.verifier import Select
 
-EXIT_INTACT, EXIT_TAMPERED, EXIT_INCONCLUSIVE = 0, 1, 2
-EXIT_CODES = {"intact": EXIT_INTACT, "tampered": EXIT_TAMPERED, "inconclusive": EXIT_INCONCLUSIVE}
-COLOURS = {"intact": "bold green", "tampered": "bold red", "inconclusive": "bold yellow"}
-MISMATCH_ROWS = 50
-
-VERIFY_DESCRIPTION = """\
+DESCRIPTION = """\
 Verify that a deployed model is still the one the fingerprints were made for: send N_S
 fingerprints of a bundle, compare the top-1 labels with the target's, and print the verdict.
 
@@ -50,7 +42,7 @@ exit status:
      out-of-range answer) or the verification could not start (bundle, key, model, ledger);
      never read as intact"""
 
-VERIFY_EPILOG = """\
+EPILOG = """\
 examples:
   misentry verify --fingerprints runs/fp --model runs/bench/backdoor/0000
   misentry verify --fingerprints runs/fp --onnx model.onnx --ns 1,5,20 --seed 7
@@ -60,33 +52,51 @@ examples:
       --datatype UINT8 --layout NHWC --output scores --output-name logits --name prod-eu
   misentry verify --fingerprints runs/fp --model runs/target --all --no-ledger"""
 
-HTTP_ONLY = ("input_name", "datatype", "layout", "output", "output_name", "headers", "timeout")
 
-console = Console()
-err_console = Console(stderr=True)
+HTTP_OPTIONS = ("input_name", "datatype", "layout", "output", "output_name", "headers", "timeout")
+"""The options for --endpoint only: the arguments of :class:`~misentry.verify.http.HttpOracle`
+of the same names."""
+
+LIMITS = ("batch_size", "budget", "deadline")
+"""The options every oracle takes: the arguments of :class:`~misentry.models.oracle.LabelOracle`
+of the same names."""
+
+MakeOracle = Callable[["FingerprintSet"], tuple["LabelOracle", str]]
+"""Sets up the oracle for a bundle; returns it and its default endpoint id."""
 
 
-class SetupError(Exception):
-    """The verification could not start; ``reason`` names what failed."""
+class _OracleDefaultsFormatter(argparse.RawDescriptionHelpFormatter):
+    """Fills ``{name}`` in a help text with the default of the argument ``name`` of
+    :class:`~misentry.verify.http.HttpOracle`, when the help is shown (so parsing the arguments
+    does not import the oracle)."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        return text.format_map(_oracle_defaults()) if text and "{" in text else text
 
 
-def add_verify(
-    verbs: argparse._SubParsersAction[argparse.ArgumentParser], make_verb: MakeVerb
-) -> argparse.ArgumentParser:
-    """Add the ``verify`` verb to ``verbs``; returns its parser."""
-    sub = make_verb(
+def _oracle_defaults() -> dict[str, Any]:
+    """The defaults of :class:`~misentry.verify.http.HttpOracle`'s arguments."""
+    import inspect
+
+    from misentry.verify.http import HttpOracle
+
+    parameters = inspect.signature(HttpOracle).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def add(verbs: Verbs) -> None:
+    """Register ``misentry verify``."""
+    sub = add_verb(
         verbs,
         "verify",
         "check a deployed model with a fingerprint bundle (exit 0 intact, 1 tampered, "
         "2 inconclusive)",
-        verify_command,
-        description=VERIFY_DESCRIPTION,
+        run,
+        description=DESCRIPTION,
+        epilog=EPILOG,
     )
-    sub.epilog = VERIFY_EPILOG
+    sub.formatter_class = _OracleDefaultsFormatter
     sub.add_argument("--fingerprints", type=Path, required=True, metavar="DIR", help="bundle")
     source = sub.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, metavar="DIR", help="a model record folder")
@@ -109,7 +119,9 @@ def add_verify(
     sub.add_argument(
         "--deadline", type=float, metavar="S", help="seconds after which no request starts"
     )
-    sub.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per request")
+    sub.add_argument(
+        "--batch-size", type=int, metavar="N", help="images per request ({batch_size})"
+    )
     sub.add_argument(
         "--num-classes",
         type=int,
@@ -122,7 +134,12 @@ def add_verify(
         metavar="F",
         help="key of a signed bundle (default: MISENTRY_BUNDLE_KEY)",
     )
-    http = sub.add_argument_group("endpoint options (with --endpoint only)")
+    _add_endpoint_options(sub.add_argument_group("endpoint options (with --endpoint only)"))
+    _add_ledger_options(sub.add_argument_group("ledger"))
+    sub.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _add_endpoint_options(http: argparse._ArgumentGroup) -> None:
     http.add_argument(
         "--header",
         dest="headers",
@@ -130,19 +147,25 @@ def add_verify(
         metavar="'K: V'",
         help="an extra request header, e.g. 'Authorization: Bearer TOKEN' (repeatable)",
     )
-    http.add_argument("--timeout", type=float, metavar="S", help="seconds per request (10)")
-    http.add_argument("--input-name", help="the model's input tensor name (input)")
     http.add_argument(
-        "--datatype", choices=("FP32", "UINT8"), help="FP32: pixels/255 (default); UINT8: 0-255"
+        "--timeout", type=float, metavar="S", help="seconds per request ({timeout:g})"
     )
-    http.add_argument("--layout", choices=("NCHW", "NHWC"), help="tensor layout (NCHW)")
+    http.add_argument("--input-name", help="the model's input tensor name ({input_name})")
+    http.add_argument(
+        "--datatype",
+        choices=("FP32", "UINT8"),
+        help="FP32: pixels/255; UINT8: 0-255 (default {datatype})",
+    )
+    http.add_argument("--layout", choices=("NCHW", "NHWC"), help="tensor layout ({layout})")
     http.add_argument(
         "--output",
         choices=("labels", "scores"),
-        help="labels: one integer per image (default); scores: (N, classes), argmax taken",
+        help="labels: one integer per image; scores: (N, classes), argmax taken (default {output})",
     )
     http.add_argument("--output-name", help="the output to read (default: the first)")
-    ledger = sub.add_argument_group("ledger")
+
+
+def _add_ledger_options(ledger: argparse._ArgumentGroup) -> None:
     ledger.add_argument(
         "--name", metavar="ENDPOINT_ID", help="the ledger's name for this model (default: its URL)"
     )
@@ -152,8 +175,6 @@ def add_verify(
     ledger.add_argument(
         "--no-ledger", action="store_true", help="neither read nor record earlier showings"
     )
-    sub.add_argument("--json", action="store_true", help="print the result as JSON")
-    return sub
 
 
 def _ns_list(text: str) -> list[int]:
@@ -166,104 +187,120 @@ def _ns_list(text: str) -> list[int]:
     return values
 
 
-def verify_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``misentry verify``; returns the exit status and never raises (but on an interrupt)."""
+    return check(
+        args.fingerprints,
+        lambda bundle: _oracle(args, bundle),
+        ns=args.ns,
+        seed=args.seed,
+        select="all" if args.all else "fresh",
+        endpoint_id=args.name,
+        key_file=args.key_file,
+        ledger=args.ledger,
+        use_ledger=not args.no_ledger,
+        as_json=args.json,
+    )
+
+
+def check(
+    fingerprints: Path,
+    make_oracle: MakeOracle,
+    *,
+    ns: Sequence[int] | None = None,
+    seed: int | None = None,
+    select: Select = "fresh",
+    endpoint_id: str | None = None,
+    key_file: Path | None = None,
+    ledger: Path | None = None,
+    use_ledger: bool = True,
+    as_json: bool = False,
+) -> int:
+    """Verify the model of ``make_oracle`` with the bundle ``fingerprints`` by
+    :func:`misentry.verify.verifier.verify`, print the result (or why there is none) and return
+    its exit status; never raises (but on an interrupt). ``ledger`` is the ledger file (None:
+    ``<bundle>/ledger.json``; ``use_ledger=False``: none)."""
+    from misentry.fingerprint.bundle import BundleError, load_bundle, load_key
+    from misentry.verify.ledger import Ledger
+    from misentry.verify.verifier import verify
+
     try:
-        result, bundle = _run(args)
-    except SetupError as err:
-        return _fail(args, err.reason, str(err))
+        if not use_ledger and ledger is not None:
+            raise CliError(
+                "--ledger and --no-ledger contradict each other; give one", reason="usage"
+            )
+        try:
+            bundle = load_bundle(fingerprints, load_key(key_file))
+        except (BundleError, OSError) as err:
+            raise CliError(f"--fingerprints: {err}", reason="bundle") from None
+        oracle, default_id = _set_up(make_oracle, bundle)
+        shown = (
+            Ledger.open(ledger or Ledger.default_path(fingerprints), bundle) if use_ledger else None
+        )
+        result = verify(
+            bundle,
+            oracle,
+            ns,
+            seed=seed,
+            select=select,
+            ledger=shown,
+            endpoint_id=endpoint_id or default_id,
+        )
     except Exception as err:
-        return _fail(args, _reason_of(err), str(err) or type(err).__name__)
+        return show_failure(_reason_of(err), str(err) or type(err).__name__, as_json=as_json)
     try:
-        _render(result, args, _bundle_info(args.fingerprints, bundle))
+        show_result(result, _bundle_info(fingerprints, bundle), as_json=as_json)
     except Exception as err:
-        return _fail(args, "output", f"could not print the result: {err}")
+        return show_failure("output", f"could not print the result: {err}", as_json=as_json)
     return EXIT_CODES[result.verdict.value]
 
 
-def _run(args: argparse.Namespace) -> tuple[VerificationResult, FingerprintSet]:
-    from misentry.fingerprint.bundle import BundleError, load_bundle, load_key
-    from misentry.verify.verifier import verify
-
-    if args.no_ledger and args.ledger is not None:
-        raise SetupError("usage", "--ledger and --no-ledger contradict each other; give one")
+def _set_up(make_oracle: MakeOracle, bundle: FingerprintSet) -> tuple[LabelOracle, str]:
     try:
-        bundle = load_bundle(args.fingerprints, load_key(args.key_file))
-    except (BundleError, OSError) as err:
-        raise SetupError("bundle", f"--fingerprints: {err}") from None
-    oracle, endpoint_id = _oracle(args, bundle)
-    ledger = None if args.no_ledger else _ledger(args, bundle)
-    result = verify(
-        bundle,
-        oracle,
-        args.ns,
-        seed=args.seed,
-        select="all" if args.all else "fresh",
-        ledger=ledger,
-        endpoint_id=args.name or endpoint_id,
-    )
-    return result, bundle
-
-
-def _bundle_info(path: Path, bundle: FingerprintSet) -> dict[str, Any]:
-    return {
-        "fingerprints": str(path),
-        "method": bundle.manifest.get("method"),
-        "count": len(bundle),
-        "signed": bundle.manifest.get("signature") is not None,
-    }
-
-
-def _ledger(args: argparse.Namespace, bundle: FingerprintSet) -> Ledger:
-    from misentry.verify.ledger import Ledger
-
-    return Ledger.open(args.ledger or Ledger.default_path(args.fingerprints), bundle)
+        return make_oracle(bundle)
+    except CliError:
+        raise
+    except ImportError as err:
+        raise CliError(
+            f"{err}; install the extra it needs (pip install 'misentry[onnx]' for --onnx)",
+            reason="oracle",
+        ) from None
+    except Exception as err:
+        raise CliError(f"cannot set up the model to verify: {err}", reason="oracle") from None
 
 
 def _oracle(args: argparse.Namespace, bundle: FingerprintSet) -> tuple[LabelOracle, str]:
-    """The oracle the arguments name, and its default endpoint id."""
+    """The oracle the arguments name, and its default endpoint id; of the oracle's options,
+    only those given are passed (the others keep the oracle's defaults)."""
     if args.endpoint is None:
-        given = [f"--{name.replace('_', '-')}" for name in HTTP_ONLY if getattr(args, name)]
+        given = [f"--{name.replace('_', '-')}" for name in HTTP_OPTIONS if getattr(args, name)]
         if given:
-            raise SetupError("usage", f"{', '.join(given)} apply to --endpoint only")
-    limits: dict[str, Any] = {
-        "batch_size": args.batch_size,
-        "budget": args.budget,
-        "deadline": args.deadline,
-    }
-    try:
-        if args.model is not None:
-            return _module_oracle(args.model, args.num_classes, limits)
-        num_classes = args.num_classes or _dataset_classes(bundle)
-        if args.onnx is not None:
-            from misentry.verify.onnx import OnnxOracle
+            raise CliError(f"{', '.join(given)} apply to --endpoint only", reason="usage")
+    limits = _given(args, LIMITS)
+    if args.model is not None:
+        return _module_oracle(args.model, args.num_classes, limits)
+    num_classes = args.num_classes or dataset_classes(bundle)
+    if args.onnx is not None:
+        from misentry.verify.onnx import OnnxOracle
 
-            path = Path(args.onnx)
-            return OnnxOracle(path, num_classes=num_classes, **limits), f"onnx:{path.resolve()}"
-        from misentry.verify.http import HttpOracle
+        path = Path(args.onnx)
+        return OnnxOracle(path, num_classes=num_classes, **limits), f"onnx:{path.resolve()}"
+    options = _given(args, HTTP_OPTIONS)
+    if "headers" in options:
+        options["headers"] = _headers(options["headers"])
+    return http_oracle(args.endpoint, num_classes=num_classes, **options, **limits)
 
-        oracle = HttpOracle(
-            args.endpoint,
-            input_name=args.input_name or "input",
-            datatype=args.datatype or "FP32",
-            layout=args.layout or "NCHW",
-            output_name=args.output_name,
-            output=args.output or "labels",
-            headers=_headers(args.headers or []),
-            timeout=10.0 if args.timeout is None else args.timeout,
-            num_classes=num_classes,
-            **limits,
-        )
-        return oracle, str(args.endpoint)
-    except SetupError:
-        raise
-    except ImportError as err:
-        raise SetupError(
-            "oracle",
-            f"{err}; install the extra it needs (pip install 'misentry[onnx]' for --onnx)",
-        ) from None
-    except Exception as err:
-        raise SetupError("oracle", f"cannot set up the model to verify: {err}") from None
+
+def http_oracle(url: str, **options: Any) -> tuple[LabelOracle, str]:
+    """An :class:`~misentry.verify.http.HttpOracle` of the model at ``url`` with ``options``,
+    and its default endpoint id (the URL)."""
+    from misentry.verify.http import HttpOracle
+
+    return HttpOracle(url, **options), str(url)
+
+
+def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _module_oracle(
@@ -275,12 +312,13 @@ def _module_oracle(
     try:
         model, record = load_model(path)
     except (RecordError, OSError) as err:
-        raise SetupError("model", f"--model: {err}") from None
+        raise CliError(f"--model: {err}", reason="model") from None
     classes = num_classes or (record.input or {}).get("num_classes")
     return ModuleOracle(model, num_classes=classes, **limits), f"model:{path.resolve()}"
 
 
-def _dataset_classes(bundle: FingerprintSet) -> int | None:
+def dataset_classes(bundle: FingerprintSet) -> int | None:
+    """The number of classes of the bundle's dataset (None: not a registered dataset)."""
     from misentry.data import DATASETS
 
     info = DATASETS.get(str(bundle.manifest.get("dataset")))
@@ -292,7 +330,7 @@ def _headers(items: list[str]) -> dict[str, str]:
     for item in items:
         key, colon, value = item.partition(":")
         if not colon or not key.strip():
-            raise SetupError("usage", f"--header {item!r}: expected 'Name: value'")
+            raise CliError(f"--header {item!r}: expected 'Name: value'", reason="usage")
         headers[key.strip()] = value.strip()
     return headers
 
@@ -300,95 +338,17 @@ def _headers(items: list[str]) -> dict[str, str]:
 def _reason_of(err: Exception) -> str:
     from misentry.verify.ledger import LedgerError
 
-    return (
-        "ledger"
-        if isinstance(err, LedgerError)
-        else "usage"
-        if isinstance(err, ValueError)
-        else "error"
-    )
+    if isinstance(err, CliError) and err.reason is not None:
+        return err.reason
+    if isinstance(err, LedgerError):
+        return "ledger"
+    return "usage" if isinstance(err, ValueError | CliError) else "error"
 
 
-def _fail(args: argparse.Namespace, reason: str, message: str) -> int:
-    if getattr(args, "json", False):
-        print(
-            json.dumps(
-                {"verdict": "inconclusive", "reason": reason, "message": message, "exit": 2},
-                indent=2,
-            )
-        )
-    else:
-        err_console.print(
-            f"[{COLOURS['inconclusive']}]INCONCLUSIVE[/] ({reason}): {message}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    return EXIT_INCONCLUSIVE
-
-
-def _render(result: VerificationResult, args: argparse.Namespace, info: dict[str, Any]) -> None:
-    if args.json:
-        exit_code = EXIT_CODES[result.verdict.value]
-        print(json.dumps({**result.to_json(), "bundle": info, "exit": exit_code}, indent=2))
-        return
-    verdict = result.verdict.value
-    largest = result.checks[-1]
-    if verdict == "inconclusive":
-        detail = f"{result.reason}: {result.message}"
-    elif verdict == "tampered":
-        detail = f"{len(largest.mismatches)} of {largest.ns} fingerprints changed label"
-    else:
-        detail = f"all {largest.ns} fingerprints gave their expected labels"
-    console.print(f"[{COLOURS[verdict]}]{verdict.upper()}[/] {detail}", highlight=False)
-    if len(result.checks) > 1:
-        _print_checks(result)
-    if result.mismatches:
-        _print_mismatches(result)
-    _print_summary(result, info)
-    for note in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
-
-
-def _print_checks(result: VerificationResult) -> None:
-    table = Table(title="checks per N_S")
-    for col in ("N_S", "verdict", "mismatches"):
-        table.add_column(col, justify="right" if col != "verdict" else "left")
-    for check in result.checks:
-        value = check.verdict.value
-        table.add_row(str(check.ns), f"[{COLOURS[value]}]{value}[/]", str(len(check.mismatches)))
-    console.print(table)
-
-
-def _print_mismatches(result: VerificationResult) -> None:
-    table = Table(title="fingerprints whose label changed")
-    for col in ("fingerprint", "expected", "returned"):
-        table.add_column(col, justify="right")
-    for m in result.mismatches[:MISMATCH_ROWS]:
-        table.add_row(str(m.index), str(m.expected), str(m.returned))
-    console.print(table)
-    hidden = len(result.mismatches) - MISMATCH_ROWS
-    if hidden > 0:
-        console.print(f"… and {hidden} more (--json lists them all)")
-
-
-def _print_summary(result: VerificationResult, info: dict[str, Any]) -> None:
-    table = Table(show_header=False)
-    table.add_column("field")
-    table.add_column("value")
-    signed = "signed" if info["signed"] else "unsigned"
-    table.add_row(
-        "fingerprints", f"{info['fingerprints']} ({info['method']}, {info['count']}, {signed})"
-    )
-    table.add_row("model", result.oracle)
-    table.add_row("endpoint id", result.endpoint_id)
-    table.add_row("queries", f"{result.queries} images in {result.seconds:.2f} s")
-    table.add_row("draw", f"{result.select}, seed {result.seed}")
-    if result.ledger_path is None:
-        table.add_row("ledger", "none")
-    else:
-        table.add_row("ledger", result.ledger_path)
-        table.add_row(
-            "fresh left",
-            f"{result.fresh_left} never shown to this endpoint ({result.reused} reused)",
-        )
-    console.print(table)
+def _bundle_info(path: Path, bundle: FingerprintSet) -> dict[str, Any]:
+    return {
+        "fingerprints": str(path),
+        "method": bundle.manifest.get("method"),
+        "count": len(bundle),
+        "signed": bundle.manifest.get("signature") is not None,
+    }

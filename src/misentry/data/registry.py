@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from misentry.data import builtin
+from misentry.data.builtin import load_digits, load_mnist5k
 from misentry.data.images import ImageSet
 from misentry.data.readers import read_cifar10, read_gtsrb, read_imagenet, read_mnist_idx
 from misentry.data.splits import PoolFractions, Pools, split_pools
@@ -74,7 +74,7 @@ DATASETS: dict[str, DatasetInfo] = {
             num_classes=10,
             mean=(0.1307,),
             std=(0.3081,),
-            loader=lambda _root: builtin.load_mnist5k(),
+            loader=lambda _root: load_mnist5k(),
             default_arch="lenet5",
         ),
         DatasetInfo(
@@ -84,7 +84,7 @@ DATASETS: dict[str, DatasetInfo] = {
             num_classes=10,
             mean=(0.3053,),
             std=(0.3759,),
-            loader=lambda _root: builtin.load_digits(),
+            loader=lambda _root: load_digits(),
             default_arch="lenet5",
         ),
         DatasetInfo(

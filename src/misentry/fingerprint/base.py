@@ -102,12 +102,14 @@ def _count_backward(count: PassCount, grad: torch.Tensor) -> None:
 
 def weights_digest(model: nn.Module) -> str:
     """SHA-256 over the model's state (names, shapes, dtypes and bytes, in order): which
-    weights a bundle's expected labels came from."""
+    weights a bundle's expected labels came from. A 0-dim tensor (BatchNorm's
+    ``num_batches_tracked``) is hashed as its one value's bytes."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         value = tensor.detach().contiguous().cpu()
         digest.update(f"{name}:{tuple(value.shape)}:{value.dtype};".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        flat = value.reshape(1) if value.dim() == 0 else value
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
 
 

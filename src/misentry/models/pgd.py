@@ -1,15 +1,17 @@
-"""The one projected-gradient loop over inputs of misentry.
+"""The shared projected-gradient loop over inputs, and its projection and random start.
 
-Every input optimization of the project goes through :func:`pgd`: the trojan trigger and the
-clean-label perturbation of the tampering recipes, and the fingerprint generators. Variations come
-in through the objective (any per-sample loss of the inputs), the norm and radius of the ball, a
-pixel mask and an early-stop test; the loop itself stays the same.
+:func:`pgd` is the loop of the trojan trigger and the clean-label perturbation of the tampering
+recipes and of the IBSF generator. Variations come in through the objective (any per-sample loss of
+the inputs), the norm and radius of the ball, a pixel mask and an early-stop test; the loop itself
+stays the same. MiSentry's search and SSF's Adam ascent run loops of their own and reuse only the
+pieces: :func:`project_ball` and :func:`random_delta`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -78,32 +80,109 @@ def pgd(
         >>> round(float(out.max()), 6), round(float(out.min()), 6)
         (0.1, 0.1)
     """
+    _check_arguments(eps, steps, step_size, norm)
+    ball = _Ball.around(x0.detach(), eps, norm, bounds, mask)
+    x = ball.x0.clone()
+    if random_start:
+        x = ball.project(ball.x0 + random_delta(ball.x0, eps, norm, generator, bounds))
+    return _descend(objective, ball, x, steps, step_size, early_stop, keep_best, on_step)
+
+
+def _check_arguments(eps: float, steps: int, step_size: float, norm: str) -> None:
     if steps < 0 or step_size < 0 or not eps >= 0:
         raise ValueError(
             f"pgd: need steps >= 0, step_size >= 0, eps >= 0; got {steps}, {step_size}, {eps}"
         )
     if norm not in ("linf", "l2"):
         raise ValueError(f"pgd: norm must be 'linf' or 'l2'; got {norm!r}")
-    x0 = x0.detach()
-    n = x0.shape[0]
-    keep = None if mask is None else (mask.to(x0) != 0).expand_as(x0)
-    scale = None if mask is None else mask.to(x0).expand_as(x0)
 
-    def project(x: torch.Tensor) -> torch.Tensor:
-        return project_ball(x, x0, eps, norm, bounds, keep)
 
-    x = x0.clone()
-    if random_start:
-        x = project(x0 + random_delta(x0, eps, norm, generator, bounds))
-    active = torch.ones(n, dtype=torch.bool, device=x0.device)
-    view = (-1, *([1] * (x0.dim() - 1)))
-    best_x, best_loss = x.clone(), torch.full((n,), math.inf, device=x0.device)
+@dataclass(frozen=True, eq=False)
+class _Ball:
+    """The feasible set of :func:`pgd`: the ``eps`` ball around ``x0`` inside ``bounds``, with
+    the pixel mask as a bool ``keep`` (which pixels move) and a float ``scale`` (of the step)."""
 
-    def remember(x: torch.Tensor, losses: torch.Tensor) -> None:
-        better = losses.detach() < best_loss
-        best_loss[better] = losses.detach()[better]
-        best_x[better] = x.detach()[better]
+    x0: torch.Tensor
+    eps: float
+    norm: Literal["linf", "l2"]
+    bounds: tuple[float, float]
+    keep: torch.Tensor | None
+    scale: torch.Tensor | None
 
+    @classmethod
+    def around(
+        cls,
+        x0: torch.Tensor,
+        eps: float,
+        norm: Literal["linf", "l2"],
+        bounds: tuple[float, float],
+        mask: torch.Tensor | None,
+    ) -> _Ball:
+        keep = None if mask is None else (mask.to(x0) != 0).expand_as(x0)
+        scale = None if mask is None else mask.to(x0).expand_as(x0)
+        return cls(x0, eps, norm, bounds, keep, scale)
+
+    @property
+    def view(self) -> tuple[int, ...]:
+        """The shape that broadcasts one value per input over an input batch."""
+        return (-1, *([1] * (self.x0.dim() - 1)))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return project_ball(x, self.x0, self.eps, self.norm, self.bounds, self.keep)
+
+    def step(self, grad: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """The descent direction of one step: the masked gradient, signed (``linf``) or
+        L2-normalized (``l2``), zero for inputs that are no longer active."""
+        if self.scale is not None:
+            grad = grad * self.scale
+        if self.norm == "linf":
+            step = grad.sign()
+        else:
+            step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(self.view)
+        return step * active.to(self.x0.dtype).view(self.view)
+
+
+class _Best:
+    """Per input, the iterate with the lowest loss seen so far."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x.clone()
+        self.loss = torch.full((x.shape[0],), math.inf, device=x.device)
+
+    def remember(self, x: torch.Tensor, losses: torch.Tensor) -> None:
+        better = losses.detach() < self.loss
+        self.loss[better] = losses.detach()[better]
+        self.x[better] = x.detach()[better]
+
+
+def _losses_and_grad(objective: Objective, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The objective's losses at ``x`` and their gradient with respect to ``x`` only."""
+    n = x.shape[0]
+    xg = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        losses = objective(xg)
+        if losses.shape != (n,):
+            raise ValueError(
+                f"pgd: the objective must return one loss per input, shape ({n},); got "
+                f"{tuple(losses.shape)}"
+            )
+        (grad,) = torch.autograd.grad(losses.sum(), xg)
+    return losses, grad
+
+
+def _descend(
+    objective: Objective,
+    ball: _Ball,
+    x: torch.Tensor,
+    steps: int,
+    step_size: float,
+    early_stop: Callable[[torch.Tensor], torch.Tensor] | None,
+    keep_best: bool,
+    on_step: Callable[[int, int], None] | None,
+) -> torch.Tensor:
+    """The loop of :func:`pgd` from the start point ``x`` (see there for the arguments)."""
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=ball.x0.device)
+    best = _Best(x) if keep_best else None
     for step_index in range(steps):
         if early_stop is not None:
             with torch.no_grad():
@@ -111,31 +190,16 @@ def pgd(
             active = active & ~done
             if not bool(active.any()):
                 break
-        xg = x.clone().requires_grad_(True)
-        with torch.enable_grad():
-            losses = objective(xg)
-            if losses.shape != (n,):
-                raise ValueError(
-                    f"pgd: the objective must return one loss per input, shape ({n},); got "
-                    f"{tuple(losses.shape)}"
-                )
-            (grad,) = torch.autograd.grad(losses.sum(), xg)
-        if keep_best:
-            remember(x, losses)
-        if scale is not None:
-            grad = grad * scale
-        if norm == "linf":
-            step = grad.sign()
-        else:
-            step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
-        step = step * active.to(x0.dtype).view(view)
-        x = project(x.detach() - step_size * step)
+        losses, grad = _losses_and_grad(objective, x)
+        if best is not None:
+            best.remember(x, losses)
+        x = ball.project(x.detach() - step_size * ball.step(grad, active))
         if on_step is not None:
             on_step(step_index + 1, steps)
-    if keep_best:
+    if best is not None:
         with torch.no_grad():
-            remember(x, objective(x))
-        return best_x
+            best.remember(x, objective(x))
+        return best.x
     return x.detach()
 
 

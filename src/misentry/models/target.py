@@ -8,7 +8,7 @@ from pathlib import Path
 
 from misentry.data import get_dataset
 from misentry.models.model_record import model_record
-from misentry.models.record import Record
+from misentry.models.record import Record, RecordError, load_record
 from misentry.models.registry import build_model
 from misentry.models.spec import InputSpec
 from misentry.models.train import TrainConfig, TrainHooks, TrainState, evaluate, fit
@@ -109,3 +109,23 @@ def train_target(
             "pool_sizes": pools.sizes(),
         },
     )
+
+
+def reusable_target(config: TargetConfig, path: Path | str) -> Record | None:
+    """The finished target of ``config`` at ``path``, to reuse instead of training it again;
+    None when ``path`` does not exist.
+
+    Raises:
+        RecordError: ``path`` exists but is not an intact record, or holds another record (a
+            target of another configuration, or another kind of record).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        existing = load_record(path)
+    except RecordError as err:
+        raise RecordError(f"{path} exists but is not an intact record: {err}") from None
+    if existing.record_id != target_record_stub(config).record_id:
+        raise RecordError(f"{path} already holds another record ({existing.record_id[:16]})")
+    return existing

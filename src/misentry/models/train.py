@@ -1,11 +1,13 @@
 """The one training and evaluation loop of misentry.
 
-Every recipe that changes weights (training a target, each BIVBench tampering, the fingerprint
-model zoo) goes through :func:`fit`; variations come in through :class:`TrainConfig` (optimizer,
-schedule, which parameters train, augmentation) and :class:`TrainHooks` (a custom loss, a batch
-transform, gradient surgery after backward, masks after the step, an evaluation every k steps and a
-stop condition). Training is seeded and deterministic on CPU: the same config, data and initial
-weights give bit-identical weights.
+Every recipe that trains a classifier (a target, each BIVBench tampering that trains, the
+fingerprint model zoo) goes through :func:`fit`; variations come in through :class:`TrainConfig`
+(optimizer, schedule, which parameters train, augmentation) and :class:`TrainHooks` (a custom loss,
+a batch transform, gradient surgery after backward, masks after the step, an evaluation every k
+steps and a stop condition). The one model trained elsewhere is not a classifier: the small
+autoencoder that PublicCheck and SSF-BO search in (``misentry.fingerprint.autoencoder``).
+Training is seeded and deterministic on CPU: the same config, data and initial weights give
+bit-identical weights.
 """
 
 from __future__ import annotations

@@ -42,14 +42,15 @@ from torch import nn
 
 from misentry.models import load_model
 from misentry.serve.protocol import (
+    LOOPBACK,
     ModelSignature,
     ProtocolError,
     check_name,
     classify,
     parse_request,
+    record_input,
 )
 
-LOOPBACK = "127.0.0.1"
 RUNTIME = f"{__name__}.MisentryRuntime"
 
 
@@ -59,16 +60,16 @@ class MisentryRuntime(MLModel):  # type: ignore[misc]
     async def load(self) -> bool:
         record_dir = await get_model_uri(self.settings)
         model, record = load_model(record_dir)
-        spec = record.input or {}
+        input_shape, num_classes = record_input(record)
         extra: dict[str, Any] = dict(self.settings.parameters.extra or {})
         self._model: nn.Module = model.eval()
         self._signature = ModelSignature(
             name=self.name,
             version=self.version,
-            input_shape=(int(spec["channels"]), int(spec["height"]), int(spec["width"])),
-            num_classes=int(spec["num_classes"]),
-            scores=bool(extra.get("scores", False)),
-            max_batch=int(extra.get("max_batch", 1024)),
+            input_shape=input_shape,
+            num_classes=num_classes,
+            scores=bool(extra.get("scores", ModelSignature.scores)),
+            max_batch=int(extra.get("max_batch", ModelSignature.max_batch)),
         )
         return True
 

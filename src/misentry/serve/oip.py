@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -32,9 +32,16 @@ from torch import nn
 
 from misentry import __version__
 from misentry.models import Record, model_from_record
-from misentry.serve.protocol import ModelSignature, ProtocolError, infer, parse_body, parse_request
+from misentry.serve.protocol import (
+    LOOPBACK,
+    ModelSignature,
+    ProtocolError,
+    infer,
+    parse_body,
+    parse_request,
+    record_input,
+)
 
-LOOPBACK = "127.0.0.1"
 SERVER_NAME = "misentry"
 _INTERNAL_ERROR = "internal server error; the server log has the details"
 
@@ -46,8 +53,8 @@ def create_app(
     version: str | None = None,
     num_classes: int,
     input_shape: tuple[int, int, int],
-    scores: bool = False,
-    max_batch: int = 1024,
+    scores: bool = ModelSignature.scores,
+    max_batch: int = ModelSignature.max_batch,
 ) -> FastAPI:
     """An OIP REST app that serves ``model`` (put in eval mode) under ``name``.
 
@@ -69,13 +76,7 @@ def create_app(
         max_batch=max_batch,
     )
     model.eval()
-    lock = threading.Lock()  # one forward pass at a time: torch already uses every core
-
-    def run_inference(body: bytes) -> dict[str, Any]:
-        request = parse_request(parse_body(body), signature)
-        with lock:
-            return infer(model, request, signature)
-
+    run_inference = _inference(model, signature)
     app = FastAPI(
         title=f"misentry OIP server: {name}",
         version=__version__,
@@ -84,6 +85,26 @@ def create_app(
         openapi_url=None,
     )
     _add_error_handlers(app)
+    _add_server_routes(app)
+    _add_model_routes(app, signature)
+    _add_infer_routes(app, signature, run_inference)
+    return app
+
+
+def _inference(model: nn.Module, signature: ModelSignature) -> Callable[[bytes], dict[str, Any]]:
+    """What ``POST .../infer`` does with a request body: check it and run ``model`` on it."""
+    lock = threading.Lock()  # one forward pass at a time: torch already uses every core
+
+    def run_inference(body: bytes) -> dict[str, Any]:
+        request = parse_request(parse_body(body), signature)
+        with lock:
+            return infer(model, request, signature)
+
+    return run_inference
+
+
+def _add_server_routes(app: FastAPI) -> None:
+    """Server health and metadata: ``/v2/health/live``, ``/v2/health/ready``, ``/v2``."""
 
     @app.get("/v2/health/live")
     def live() -> dict[str, Any]:
@@ -96,6 +117,10 @@ def create_app(
     @app.get("/v2")
     def server_metadata() -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": []}
+
+
+def _add_model_routes(app: FastAPI, signature: ModelSignature) -> None:
+    """The model's metadata and readiness, with and without its version."""
 
     @app.get("/v2/models/{model_name}")
     def model_metadata(model_name: str) -> dict[str, Any]:
@@ -117,6 +142,13 @@ def create_app(
         _check_model(signature, model_name, model_version)
         return {"name": signature.name, "ready": True}
 
+
+def _add_infer_routes(
+    app: FastAPI, signature: ModelSignature, run_inference: Callable[[bytes], dict[str, Any]]
+) -> None:
+    """``POST .../infer``, with and without the model's version: the body is read (up to the
+    size limit) on the event loop and inferred in a worker thread."""
+
     @app.post("/v2/models/{model_name}/infer")
     async def model_infer(model_name: str, request: Request) -> dict[str, Any]:
         _check_model(signature, model_name, None)
@@ -129,27 +161,25 @@ def create_app(
         body = await _read_body(request, signature.max_body_bytes)
         return await run_in_threadpool(run_inference, body)
 
-    return app
-
 
 def create_app_from_record(
     record: Record,
     *,
     name: str | None = None,
     version: str | None = None,
-    scores: bool = False,
-    max_batch: int = 1024,
+    scores: bool = ModelSignature.scores,
+    max_batch: int = ModelSignature.max_batch,
 ) -> FastAPI:
     """:func:`create_app` for the model of a record; ``name`` defaults to
     :func:`default_model_name`. RecordError if the record holds no model."""
     model = model_from_record(record)
-    spec = record.input or {}
+    input_shape, num_classes = record_input(record)
     return create_app(
         model,
         name=name or default_model_name(record),
         version=version,
-        num_classes=int(spec["num_classes"]),
-        input_shape=(int(spec["channels"]), int(spec["height"]), int(spec["width"])),
+        num_classes=num_classes,
+        input_shape=input_shape,
         scores=scores,
         max_batch=max_batch,
     )

@@ -31,8 +31,10 @@ import torch
 from torch import nn
 
 from misentry.data import to_unit
-from misentry.models import logits, predict
+from misentry.models import Record, logits, predict
 
+LOOPBACK = "127.0.0.1"
+"""Where servers listen unless told otherwise: this machine only (there is no authentication)."""
 INPUT_NAME = "input"
 LABEL_OUTPUT = "label"
 SCORES_OUTPUT = "scores"
@@ -129,6 +131,13 @@ class ModelSignature:
             ],
             "outputs": outputs,
         }
+
+
+def record_input(record: Record) -> tuple[tuple[int, int, int], int]:
+    """The (C, H, W) image shape and the number of classes of a record's model."""
+    spec = record.input or {}
+    num_classes = int(spec["num_classes"])
+    return (int(spec["channels"]), int(spec["height"]), int(spec["width"])), num_classes
 
 
 @dataclass(frozen=True)

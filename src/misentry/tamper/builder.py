@@ -56,7 +56,12 @@ class TargetMismatch(ValueError):
 
 @dataclass
 class Workspace:
-    """A target with its pools and observer, shared by every instance built from it."""
+    """A target workspace: a target record with its model, its pools, its input spec and its
+    observability probe, and the recipe contexts built on them (:meth:`context`).
+
+    Every instance built from the target shares it. It is not the benchmark
+    (:mod:`misentry.bench` evaluates fingerprints on the instances built from it).
+    """
 
     target: nn.Module
     record: Record
@@ -133,16 +138,16 @@ def instance_request(variant: Variant, index: int, target: Record, config: Build
     )
 
 
-def build_instance(bench: Workspace, variant: Variant, index: int, config: BuildConfig) -> Record:
-    """Build instance ``index`` of ``variant`` from the bench's target; return its record."""
+def build_instance(workspace: Workspace, variant: Variant, index: int, config: BuildConfig) -> Record:
+    """Build instance ``index`` of ``variant`` from the workspace's target; return its record."""
     started = time.perf_counter()
     tampering = variant.tampering
     unobservable: list[dict[str, Any]] = []
     for attempt in range(config.max_attempts):
         seed = instance_seed(config.namespace, variant.slug, index, attempt)
-        ctx = bench.context(config.namespace, seed, index, attempt)
+        ctx = workspace.context(config.namespace, seed, index, attempt)
         tampered = tampering.build(ctx)
-        seen = bench.observer.observe(tampered.model)
+        seen = workspace.observer.observe(tampered.model)
         while tampering.expect_observable and not seen.observable:
             more = (
                 tampering.extend(ctx, tampered)
@@ -152,12 +157,12 @@ def build_instance(bench: Workspace, variant: Variant, index: int, config: Build
             if more is None:
                 break
             tampered = more
-            seen = bench.observer.observe(tampered.model)
+            seen = workspace.observer.observe(tampered.model)
         if seen.observable or not tampering.expect_observable:
             break
         unobservable.append({"attempt": attempt, "seed": seed, "extensions": tampered.extensions})
     return _instance_record(
-        bench,
+        workspace,
         variant,
         index,
         config,
@@ -171,7 +176,7 @@ def build_instance(bench: Workspace, variant: Variant, index: int, config: Build
 
 
 def _instance_record(
-    bench: Workspace,
+    workspace: Workspace,
     variant: Variant,
     index: int,
     config: BuildConfig,
@@ -182,17 +187,17 @@ def _instance_record(
     unobservable: list[dict[str, Any]],
     started: float,
 ) -> Record:
-    stub = instance_request(variant, index, bench.record, config)
-    data = DataAccess(bench.pools, config.namespace)
+    stub = instance_request(variant, index, workspace.record, config)
+    data = DataAccess(workspace.pools, config.namespace)
     check = data.check
-    architecture = tampered.architecture or bench.record.architecture
+    architecture = tampered.architecture or workspace.record.architecture
     assert architecture is not None
     return model_record(
         tampered.model,
         kind="tampered",
         dataset=stub.dataset,
         architecture=architecture,
-        spec=bench.spec,
+        spec=workspace.spec,
         data_seed=stub.data_seed,
         model_seed=stub.model_seed,
         params=stub.params,
@@ -211,8 +216,8 @@ def _instance_record(
             "extensions": tampered.extensions,
             "eval_pool": "+".join(data.policy.roles[Role.CHECK]),
             "clean_accuracy": accuracy(tampered.model, check),
-            "target_accuracy": accuracy(bench.target, check),
-            "changed_fraction": changed_fraction(bench.target, tampered.model, check.x),
+            "target_accuracy": accuracy(workspace.target, check),
+            "changed_fraction": changed_fraction(workspace.target, tampered.model, check.x),
             "observable": seen.observable,
             "probe_flips_found": seen.flips,
             "probe_checked": seen.checked,
@@ -239,7 +244,7 @@ class BuildEvent:
 
 
 def build_all(
-    bench: Workspace,
+    workspace: Workspace,
     variants: Iterable[Variant],
     indices: Iterable[int],
     out: Path | str,
@@ -252,12 +257,12 @@ def build_all(
     for variant in variants:
         for index in indices:
             path = instance_path(out, variant.slug, index)
-            stub = instance_request(variant, index, bench.record, config)
+            stub = instance_request(variant, index, workspace.record, config)
             existing = _finished(path, stub.record_id)
             if existing is not None:
                 event = BuildEvent(variant.slug, index, path, existing, skipped=True)
             else:
-                record = build_instance(bench, variant, index, config)
+                record = build_instance(workspace, variant, index, config)
                 save_record(record, path, overwrite=path.exists())
                 event = BuildEvent(variant.slug, index, path, record, skipped=False)
             events.append(event)

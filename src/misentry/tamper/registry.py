@@ -5,13 +5,21 @@ from __future__ import annotations
 from misentry.tamper.base import Variant
 from misentry.tamper.families import (
     backdoor,
-    bitflip,
-    compression,
-    control,
-    finetune,
-    learning,
-    poisoning,
-    replacement,
+    bit_flip,
+    clean_label,
+    degradation,
+    distillation,
+    fine_tuning,
+    identity,
+    independent,
+    online_learning,
+    pruning,
+    quantization,
+    retraining,
+    targeted,
+    transfer_learning,
+    trojan,
+    unlearning,
 )
 
 ORDER: tuple[str, ...] = (
@@ -48,14 +56,22 @@ def _collect() -> dict[str, Variant]:
     found = {
         v.slug: v
         for module in (
-            learning,
-            compression,
-            replacement,
-            finetune,
-            poisoning,
-            bitflip,
+            unlearning,
+            online_learning,
+            pruning,
+            quantization,
+            distillation,
+            transfer_learning,
+            fine_tuning,
+            retraining,
+            independent,
+            degradation,
+            targeted,
+            bit_flip,
             backdoor,
-            control,
+            trojan,
+            clean_label,
+            identity,
         )
         for v in module.VARIANTS
     }

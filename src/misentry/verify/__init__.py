@@ -1,1 +1,3 @@
-"""Black-box verification of a deployed model: label oracles and the verifier."""
+"""Black-box verification of a deployed model: the oracle adapters (ONNX, Open Inference Protocol
+over HTTP, recorded answers) and the verifier with its ledger. The label-oracle protocol they
+implement is :mod:`misentry.models.oracle`."""

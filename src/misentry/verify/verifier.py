@@ -29,15 +29,27 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.models.oracle import LabelOracle, OracleError
 from misentry.verify.ledger import Ledger, LedgerError
+from misentry.verify.result import CheckResult, Mismatch, Verdict, VerificationResult
+
+__all__ = [
+    "DEFAULT_NS",
+    "SELECTIONS",
+    "CheckResult",
+    "Mismatch",
+    "Select",
+    "Verdict",
+    "VerificationResult",
+    "VerifyError",
+    "verify",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,139 +62,35 @@ class VerifyError(ValueError):
     """The verification was asked for something impossible; nothing was sent."""
 
 
-class Verdict(StrEnum):
-    """What a verification concluded about the model."""
-
-    INTACT = "intact"
-    TAMPERED = "tampered"
-    INCONCLUSIVE = "inconclusive"
-
-
-@dataclass(frozen=True)
-class Mismatch:
-    """A fingerprint whose label changed: its bundle index, the target's label, the answer."""
-
-    index: int
-    expected: int
-    returned: int
-
-    def to_json(self) -> dict[str, int]:
-        return {"index": self.index, "expected": self.expected, "returned": self.returned}
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """The verdict with the first ``ns`` fingerprints of the draw.
-
-    Attributes:
-        ns: N_S, the number of fingerprints this check uses.
-        verdict: INTACT, TAMPERED, or INCONCLUSIVE when the query failed.
-        indices: the bundle indices used, in query order (the draw's first ``ns``).
-        mismatches: the fingerprints among them whose label changed (empty unless TAMPERED).
-    """
-
-    ns: int
-    verdict: Verdict
-    indices: tuple[int, ...]
-    mismatches: tuple[Mismatch, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ns": self.ns,
-            "verdict": self.verdict.value,
-            "indices": list(self.indices),
-            "mismatches": [m.to_json() for m in self.mismatches],
-        }
-
-
-@dataclass(frozen=True)
-class VerificationResult:
-    """The outcome of :func:`verify`.
-
-    Attributes:
-        verdict: the overall verdict, the one of the largest N_S (see the module docstring).
-        checks: one :class:`CheckResult` per N_S, ascending.
-        indices: every fingerprint sent, in query order.
-        reason: why the verdict is INCONCLUSIVE (an :class:`OracleError` reason such as
-            ``budget``, ``deadline``, ``short``, ``out_of_range``, ``transport``, or ``error``
-            for any other exception); None otherwise.
-        message: what happened, for a human; None unless INCONCLUSIVE.
-        queries: images the oracle sent to the model in this verification.
-        seconds: wall time of the query.
-        seed: the seed of the draw (drawn from the OS when none was given, and stored).
-        select: ``fresh``, ``random`` or ``all``.
-        endpoint_id: the name the ledger keeps the showings under.
-        oracle: the oracle's description.
-        reused: fingerprints in the draw that had been shown to this endpoint before.
-        fresh_left: fingerprints never shown to this endpoint after this verification
-            (None without a ledger).
-        ledger_path: the ledger file, or None.
-        ledger_error: why recording the showings failed after the query, or None. The verdict
-            stands (the answers are real), but the next draw cannot know what this one sent.
-        warnings: notes for the reader (fingerprints reused, no ledger, ledger not updated).
-        bundle_sha256: the bundle's tensor hash, when its manifest has one.
-    """
-
-    verdict: Verdict
-    checks: tuple[CheckResult, ...]
-    indices: tuple[int, ...]
-    queries: int
-    seconds: float
-    seed: int
-    select: str
-    endpoint_id: str
-    oracle: str
-    reason: str | None = None
-    message: str | None = None
-    reused: int = 0
-    fresh_left: int | None = None
-    ledger_path: str | None = None
-    ledger_error: str | None = None
-    warnings: tuple[str, ...] = ()
-    bundle_sha256: str | None = None
-    mismatches: tuple[Mismatch, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mismatches", self.checks[-1].mismatches if self.checks else ())
-
-    def check(self, ns: int) -> CheckResult:
-        """The check of N_S ``ns``."""
-        for check in self.checks:
-            if check.ns == ns:
-                return check
-        raise KeyError(f"no check with N_S={ns}; checked {[c.ns for c in self.checks]}")
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready summary (every field; mismatches of the largest N_S at the top)."""
-        return {
-            "verdict": self.verdict.value,
-            "reason": self.reason,
-            "message": self.message,
-            "ns": [c.ns for c in self.checks],
-            "checks": [c.to_json() for c in self.checks],
-            "mismatches": [m.to_json() for m in self.mismatches],
-            "indices": list(self.indices),
-            "queries": self.queries,
-            "seconds": self.seconds,
-            "seed": self.seed,
-            "select": self.select,
-            "endpoint_id": self.endpoint_id,
-            "oracle": self.oracle,
-            "reused": self.reused,
-            "fresh_left": self.fresh_left,
-            "ledger": self.ledger_path,
-            "ledger_error": self.ledger_error,
-            "warnings": list(self.warnings),
-            "bundle_sha256": self.bundle_sha256,
-        }
-
-
 @dataclass(frozen=True)
 class _Answer:
     labels: torch.Tensor | None
     returned: bool
     reason: str | None = None
     message: str | None = None
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """The fingerprints one verification sends, and what the ledger knew of them before."""
+
+    seed: int
+    select: str
+    endpoint: str
+    order: list[int]
+    reused: int
+    fresh_before: set[int] | None  # None without a ledger
+
+
+@dataclass(frozen=True)
+class _Query:
+    """How the query went: the checked answer, its wall time, the images that reached the
+    oracle (``sent``) and the images it counted (``queries``)."""
+
+    answer: _Answer
+    seconds: float
+    sent: int
+    queries: int
 
 
 def verify(
@@ -225,18 +133,50 @@ def verify(
     _check_labels(bundle, num_classes)
     endpoint = endpoint_id or _describe(oracle)
     if ledger is not None:
-        if not ledger.matches(bundle):
-            raise LedgerError(
-                f"ledger {ledger.path} was opened for another bundle "
-                f"({ledger.bundle_sha256[:16]}…); open it with this bundle"
-            )
-        ledger.check_writable()
+        _check_ledger(ledger, bundle)
+    draw = _draw_for(len(bundle), sizes[-1], seed, select, ledger, endpoint)
+    query = _query(oracle, bundle, draw, num_classes, ledger)
+    ledger_error = None
+    if ledger is not None and query.sent:
+        ledger_error = _record(ledger, draw.endpoint, draw.order[: query.sent])
+    if query.answer.labels is None:
+        order = draw.order
+        checks = tuple(CheckResult(n, Verdict.INCONCLUSIVE, tuple(order[:n])) for n in sizes)
+    else:
+        checks = _checks(bundle.labels, draw.order, query.answer.labels, sizes)
+    return _result(bundle, oracle, draw, query, checks, ledger, ledger_error)
+
+
+def _check_ledger(ledger: Ledger, bundle: FingerprintSet) -> None:
+    if not ledger.matches(bundle):
+        raise LedgerError(
+            f"ledger {ledger.path} was opened for another bundle "
+            f"({ledger.bundle_sha256[:16]}…); open it with this bundle"
+        )
+    ledger.check_writable()
+
+
+def _draw_for(
+    n: int, size: int, seed: int | None, select: str, ledger: Ledger | None, endpoint: str
+) -> _Draw:
+    """The draw (``seed`` from the OS when None) and the ledger's knowledge of it."""
     seed = secrets.randbits(63) if seed is None else seed
-    order = _draw(len(bundle), sizes[-1], seed, select, ledger, endpoint)
+    order = _draw(n, size, seed, select, ledger, endpoint)
     shown_before = ledger.shown(endpoint) if ledger is not None else {}
     reused = sum(1 for i in order if i in shown_before)
-    fresh_before = set() if ledger is None else set(ledger.fresh(endpoint))
+    fresh_before = None if ledger is None else set(ledger.fresh(endpoint))
+    return _Draw(seed, select, endpoint, order, reused, fresh_before)
 
+
+def _query(
+    oracle: LabelOracle,
+    bundle: FingerprintSet,
+    draw: _Draw,
+    num_classes: int | None,
+    ledger: Ledger | None,
+) -> _Query:
+    """Send the draw's images; on an interrupt, record what went out before re-raising."""
+    order = draw.order
     before = oracle.queries
     started = time.perf_counter()
     try:
@@ -245,43 +185,56 @@ def verify(
         sent = _sent(oracle, before, len(order), returned=False)
         if ledger is not None and sent:
             try:
-                ledger.record(endpoint, order[:sent])
+                ledger.record(draw.endpoint, order[:sent])
             except LedgerError as err:
                 log.error("%s", err)
         raise
     seconds = time.perf_counter() - started
     sent = _sent(oracle, before, len(order), answer.returned)
-    fresh_left = None if ledger is None else len(fresh_before - set(order[:sent]))
-    ledger_error = None
-    if ledger is not None and sent:
-        try:
-            ledger.record(endpoint, order[:sent])
-        except LedgerError as err:
-            ledger_error = str(err)
-            log.error("%s", err)
-    if answer.labels is None:
-        checks = tuple(CheckResult(n, Verdict.INCONCLUSIVE, tuple(order[:n])) for n in sizes)
-    else:
-        checks = _checks(bundle.labels, order, answer.labels, sizes)
-    warnings = _warnings(select, ledger, reused, len(order), ledger_error)
+    return _Query(answer, seconds, sent, max(oracle.queries - before, sent))
+
+
+def _record(ledger: Ledger, endpoint: str, shown: list[int]) -> str | None:
+    """Record the showings; what went wrong doing so, or None."""
+    try:
+        ledger.record(endpoint, shown)
+    except LedgerError as err:
+        log.error("%s", err)
+        return str(err)
+    return None
+
+
+def _result(
+    bundle: FingerprintSet,
+    oracle: LabelOracle,
+    draw: _Draw,
+    query: _Query,
+    checks: tuple[CheckResult, ...],
+    ledger: Ledger | None,
+    ledger_error: str | None,
+) -> VerificationResult:
+    order = draw.order
+    fresh_left = None
+    if draw.fresh_before is not None:
+        fresh_left = len(draw.fresh_before - set(order[: query.sent]))
     digest = bundle.manifest.get("tensors_sha256")
     return VerificationResult(
         verdict=checks[-1].verdict,
         checks=checks,
         indices=tuple(order),
-        queries=max(oracle.queries - before, sent),
-        seconds=seconds,
-        seed=seed,
-        select=select,
-        endpoint_id=endpoint,
+        queries=query.queries,
+        seconds=query.seconds,
+        seed=draw.seed,
+        select=draw.select,
+        endpoint_id=draw.endpoint,
         oracle=_describe(oracle),
-        reason=answer.reason,
-        message=answer.message,
-        reused=reused,
+        reason=query.answer.reason,
+        message=query.answer.message,
+        reused=draw.reused,
         fresh_left=fresh_left,
         ledger_path=None if ledger is None else str(ledger.path),
         ledger_error=ledger_error,
-        warnings=warnings,
+        warnings=_warnings(draw.select, ledger, draw.reused, len(order), ledger_error),
         bundle_sha256=digest if isinstance(digest, str) else None,
     )
 

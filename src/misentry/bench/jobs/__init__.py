@@ -1,1 +1,3 @@
-"""The benchmark's jobs: the content-addressed job graph, the executors and the job functions."""
+"""The benchmark's jobs: the content-addressed job graph (:mod:`.graph`), the task an executor
+runs (:mod:`.task`), the executors (:mod:`.executors`, :mod:`.ray_executor`) and the runner's
+job functions (:mod:`.tasks`)."""

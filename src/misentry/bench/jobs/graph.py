@@ -3,7 +3,8 @@
 A :class:`Job` is identified by its stage and its JSON config (its inputs' ids and hashes, never
 paths); :class:`Jobs` runs a wave of them on an executor, reuses every job whose ``job.json``
 matches, writes ``job.json`` in the driver once a job returned, counts progress per stage and
-overall, and keeps the log that ``run.json`` holds.
+overall (and hands its progress callback to the executor, which passes it on to the jobs that run
+in this process), and keeps the log that ``run.json`` holds.
 """
 
 from __future__ import annotations
@@ -12,30 +13,28 @@ import hashlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from misentry.atomic import write_text_atomic
-from misentry.bench.jobs import tasks as job_functions
-from misentry.bench.jobs.executors import Executor, Task
+from misentry.bench.jobs.task import Executor, Progress, Task, TaskFunction
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.models.record import canonical_json, json_ready
 
-Progress = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``: stages ``target``, ``instances``, ``zoo``, ``fingerprints``,
-``evaluation``, ``leakage``, ``sensitivity``, ``results``, and, with the local executor,
-``<bundle>: <step>`` inside a bundle's generation."""
-
 JOB_FILE = "job.json"
-JOBS_MODULE = "misentry.bench.jobs.tasks"
 
 
 def job_key(stage: str, config: dict[str, Any]) -> str:
     """The folder name of a job: its stage and the first 16 hex digits of its config's hash."""
     digest = hashlib.sha256(canonical_json({"stage": stage, **config}).encode()).hexdigest()
     return f"{stage}-{digest[:16]}"
+
+
+def function_name(function: TaskFunction) -> str:
+    """How a :class:`Job` names its function: ``"package.module:function"``."""
+    return f"{function.__module__}:{function.__qualname__}"
 
 
 def _job_document(stage: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -46,8 +45,10 @@ def _job_document(stage: str, config: dict[str, Any]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Job:
     """One job of a wave: its stage (the progress bar it counts in), its identity (``config``,
-    hashed into its folder), the function of :mod:`misentry.bench.jobs.tasks` that runs it and the
-    payload that function gets besides ``folder`` and ``root`` (paths of its inputs)."""
+    hashed into its folder), the function that runs it (``"package.module:function"``, see
+    :func:`function_name`; the runner's in :mod:`misentry.bench.jobs.tasks`, each experiment's in
+    its module) and the payload that function gets besides ``folder`` and ``root`` (paths of its
+    inputs)."""
 
     stage: str
     config: dict[str, Any]
@@ -63,6 +64,10 @@ class Jobs:
     executor: Executor
     root: Path | None
     report: Progress
+    """``report(stage, done, total)``: stages ``target``, ``instances``, ``zoo``,
+    ``fingerprints``, ``evaluation``, each experiment's own (``leakage``, ``sensitivity``),
+    ``results``, :data:`OVERALL`, and, with the local executor, ``<bundle>: <step>`` inside a
+    bundle's generation."""
     log: list[dict[str, Any]] = field(default_factory=list)
     planned: int = 0
     """Jobs the whole run plans (for the overall bar); 0: unknown."""
@@ -103,7 +108,7 @@ class Jobs:
                 count(job)
                 continue
             payload = {**job.payload, "folder": str(folder), "root": path_text(self.root)}
-            task = Task(folder.name, f"{JOBS_MODULE}:{job.function}", json_ready(payload))
+            task = Task(folder.name, job.function, json_ready(payload))
             tasks.append(task)
             by_name[task.name] = (folder, job)
         started = {name: time.perf_counter() for name in by_name}
@@ -117,12 +122,7 @@ class Jobs:
             count(job)
 
         if tasks:
-            local = self.executor.name == "local"
-            job_functions.PROGRESS = self.report if local else None
-            try:
-                self.executor.run(tasks, on_done)
-            finally:
-                job_functions.PROGRESS = None
+            self.executor.run(tasks, on_done, self.report)
         return [self.folder(job) for job in wave]
 
     def _note(self, folder: Path, job: Job, status: str, seconds: float) -> None:

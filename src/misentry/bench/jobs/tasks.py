@@ -1,38 +1,33 @@
-"""The benchmark's jobs: module-level functions of a JSON payload, run by any executor.
+"""The runner's jobs: module-level functions of a JSON payload, run by any executor.
 
 Each function reads its inputs from the paths in its payload, writes its outputs into
-``payload["folder"]`` and returns a small JSON-ready summary. None of them writes the job's
-``job.json`` marker: the runner does that in the driver once the function returned, so a job
-that died half-way is run again. Functions take no callbacks, so they run the same way in this
-process, in a spawned worker process or in a Ray task; in this process the runner may set
-:data:`PROGRESS` to see a job's inner stages (a MiSentry search's steps).
+``payload["folder"]`` and returns a small JSON-ready summary; ``progress(stage, done, total)``
+follows its inner stages (the executor passes the run's callback to jobs in this process, a
+quiet one elsewhere). None of them writes the job's ``job.json`` marker: the runner does that in
+the driver once the function returned, so a job that died half-way is run again. The jobs of
+the experiments that add their own live in their modules (:mod:`misentry.bench.experiments`).
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from misentry.atomic import write_text_atomic
+from misentry.bench.jobs.task import Progress
 
 if TYPE_CHECKING:
+    from misentry.fingerprint.bundle import FingerprintSet
     from misentry.tamper.builder import Workspace
 
-PROGRESS: Callable[[str, int, int], None] | None = None
-"""Inner progress of the job running in this process (set by the runner, local executor only)."""
+BANDS = ("none", "covert")
+"""Output bands a bundle may be held to (``--band``): ``covert`` keeps, of every other method
+than MiSentry, only fingerprints inside the covert band (see :func:`hold_to_covert_band`)."""
 
 
-def _report(stage: str, done: int, total: int) -> None:
-    if PROGRESS is not None:
-        PROGRESS(stage, done, total)
-
-
-def _root(payload: dict[str, Any]) -> Path | None:
+def root_of(payload: dict[str, Any]) -> Path | None:
+    """The dataset folder the payload names (None: an embedded dataset)."""
     root = payload.get("root")
     return None if root is None else Path(root)
 
@@ -53,16 +48,17 @@ def load_workspace(payload: dict[str, Any]) -> Workspace:
     key = (target.record_id, payload.get("root"))
     if key not in _WORKSPACES:
         _WORKSPACES.clear()
-        _WORKSPACES[key] = Workspace.load(target, _root(payload))
+        _WORKSPACES[key] = Workspace.load(target, root_of(payload))
     return _WORKSPACES[key]
 
 
-def _write_json(folder: Path, name: str, document: Any) -> None:
+def write_json(folder: Path, name: str, document: Any) -> None:
+    """Write ``document`` as JSON to ``folder/name``, atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / name, json.dumps(document, indent=1))
 
 
-def train_target(payload: dict[str, Any]) -> dict[str, Any]:
+def train_target(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """Train the preset's target into ``folder/record``; ``target`` holds the TargetConfig's
     fields, its ``train`` as :meth:`TrainConfig.to_json` gives it."""
     from misentry.models import TargetConfig, TrainConfig, save_record
@@ -72,161 +68,123 @@ def train_target(payload: dict[str, Any]) -> dict[str, Any]:
     config = TargetConfig(**{**fields, "train": TrainConfig.from_json(fields["train"])})
     record = train(
         config,
-        _root(payload),
-        on_step=lambda state: _report("target", state.step, state.total_steps),
+        root_of(payload),
+        on_step=lambda state: progress("target", state.step, state.total_steps),
     )
     save_record(record, Path(payload["folder"]) / "record", overwrite=True)
     return {"record_id": record.record_id}
 
 
-def build_instance(payload: dict[str, Any]) -> dict[str, Any]:
+def build_instance(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """Build instance ``index`` of ``variant`` in ``namespace`` from the target record at
     ``target_path`` into ``folder``."""
+    import time
+
     from misentry.models import load_record
     from misentry.tamper.builder import BuildConfig, build_all, instance_path
     from misentry.tamper.namespace import Namespace
     from misentry.tamper.registry import get_variant
 
+    del progress
     started = time.perf_counter()
-    bench = load_workspace(payload)
+    workspace = load_workspace(payload)
     variant = get_variant(payload["variant"])
     folder = Path(payload["folder"])
     build = BuildConfig(namespace=Namespace(payload["namespace"]))
-    build_all(bench, [variant], [payload["index"]], folder, build)
+    build_all(workspace, [variant], [payload["index"]], folder, build)
     record = load_record(instance_path(folder, variant.slug, payload["index"]))
     return {"record_id": record.record_id, "seconds": time.perf_counter() - started}
 
 
-def build_zoo_model(payload: dict[str, Any]) -> dict[str, Any]:
+def build_zoo_model(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """Build replicate ``replicate`` of MiSentry's zoo member ``member`` (e.g.
     ``ft_last:1e-4x4``) from the target at ``target_path`` into ``folder/record``."""
     from misentry.fingerprint.methods.misentry.zoo import ZooMember, build_zoo, save_zoo_model
 
-    bench = load_workspace(payload)
+    del progress
+    workspace = load_workspace(payload)
     member = ZooMember.parse(payload["member"])
-    (model,) = build_zoo(bench.target, bench.record, bench.pools, [member], 1, payload["replicate"])
-    save_zoo_model(model, bench.record, Path(payload["folder"]) / "record")
+    (model,) = build_zoo(
+        workspace.target, workspace.record, workspace.pools, [member], 1, payload["replicate"]
+    )
+    save_zoo_model(model, workspace.record, Path(payload["folder"]) / "record")
     return {"seconds": model.seconds}
 
 
-def generate_bundle(payload: dict[str, Any]) -> dict[str, Any]:
+def generate_bundle(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """Generate ``n`` fingerprints with ``method`` (``params`` overriding its defaults) for the
-    target at ``target_path``, seed ``seed``, into ``folder/bundle``; ``zoo`` names the zoo
-    models built beforehand (name -> record folder)."""
-    from misentry.data import get_dataset
-    from misentry.fingerprint.base import SearchContext
+    target at ``target_path``, seed ``seed``, into ``folder/bundle``, with
+    :func:`misentry.fingerprint.service.make_bundle`; ``zoo`` names the zoo models built
+    beforehand (name -> record folder). With ``band`` ``covert``, the bundle is held to the
+    covert band (:func:`hold_to_covert_band`)."""
     from misentry.fingerprint.bundle import save_bundle
-    from misentry.fingerprint.registry import get_method
-    from misentry.models import load_record, model_from_record
-
-    method, n, seed = payload["method"], payload["n"], payload["seed"]
-    target = load_record(payload["target_path"])
-    pools = get_dataset(target.dataset).pools(target.data_seed, _root(payload))
+    from misentry.fingerprint.service import make_bundle
 
     def inner(stage: str, done: int, total: int) -> None:
-        _report(f"{payload['label']}: {stage}", done, total)
+        progress(f"{payload['label']}: {stage}", done, total)
 
-    generator = get_method(method, **payload["params"])
-    normal = pools["test"].x
+    folder = Path(payload["folder"]) / "bundle"
     zoo = {name: Path(path) for name, path in payload.get("zoo", {}).items()}
-    context = SearchContext(normal=normal, pools=pools, record=target, progress=inner, zoo=zoo)
-    manifest = {
-        "target_id": target.record_id,
-        "dataset": target.dataset,
-        "architecture": target.architecture,
-        "data_seed": target.data_seed,
-        "n": n,
-        "seed": seed,
+    options: dict[str, Any] = {
+        "seed": payload["seed"],
+        "overrides": payload["params"],
+        "root": root_of(payload),
+        "zoo": zoo,
+        "progress": inner,
+        "replace": True,
     }
-    model = model_from_record(target)
-    fps = generator.generate(model, pools["source"], n, seed, normal, manifest, context)
-    save_bundle(fps, Path(payload["folder"]) / "bundle")
+    if payload.get("band", "none") == "none":
+        fps = make_bundle(
+            payload["target_path"], payload["method"], payload["n"], folder, **options
+        )
+        return {"n": len(fps)}
+    fps = hold_to_covert_band(payload["target_path"], payload["method"], payload["n"], options)
+    save_bundle(fps, folder)
     return {"n": len(fps)}
 
 
-def evaluate(payload: dict[str, Any]) -> dict[str, Any]:
+def hold_to_covert_band(
+    target_path: str, method: str, n: int, options: dict[str, Any]
+) -> FingerprintSet:
+    """``method`` run on every source image, and the first ``n`` of its fingerprints whose target
+    entropy and confidence lie inside the covert band (the [10th, 90th] percentile band of the
+    owner's ``val`` images of the same label), so that methods compare at equal output
+    covertness. The manifest says ``band: covert`` and how many were inside (``in_band``)."""
+    from misentry.data import get_dataset
+    from misentry.fingerprint.base import GenerationError
+    from misentry.fingerprint.bundle import FingerprintSet
+    from misentry.fingerprint.methods.misentry import inside_bands, normal_bands
+    from misentry.fingerprint.service import make_bundle
+    from misentry.models import load_model
+
+    target, record = load_model(target_path)
+    pools = get_dataset(record.dataset).pools(record.data_seed, options["root"])
+    fps = make_bundle(target_path, method, len(pools["source"]), None, **options)
+    keep = inside_bands(target, fps.x, normal_bands(target, pools["val"].x))
+    index = keep.nonzero().squeeze(1)[:n]
+    if len(index) == 0:
+        raise GenerationError(
+            f"none of {method}'s {len(fps)} fingerprints lies inside the covert band; leave "
+            f"{method} out of the methods, or run without --band covert"
+        )
+    samples = [fps.manifest["samples"][i] for i in index.tolist()]
+    manifest = {**fps.manifest, "samples": samples, "band": "covert", "in_band": len(index)}
+    return FingerprintSet(fps.images[index], fps.labels[index], fps.source_indices[index], manifest)
+
+
+def evaluate(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """d (fingerprints labelled differently) of the bundle at ``bundle_path`` on each instance of
     ``instances`` (``[{"variant", "index", "path"}]``), into ``folder/d.json``."""
     from misentry.bench.metrics import disagreements
     from misentry.fingerprint.bundle import load_bundle
     from misentry.models import load_record, model_from_record
 
+    del progress
     fps = load_bundle(payload["bundle_path"])
     rows = []
     for instance in payload["instances"]:
         model = model_from_record(load_record(instance["path"]))
         count = disagreements(model, fps.x, fps.labels)
         rows.append({"variant": instance["variant"], "index": instance["index"], "d": count})
-    _write_json(Path(payload["folder"]), "d.json", {"d": rows})
+    write_json(Path(payload["folder"]), "d.json", {"d": rows})
     return {"instances": len(rows)}
-
-
-def leakage(payload: dict[str, Any]) -> dict[str, Any]:
-    """The adaptive attack ``attack`` on the instance at ``instance_path`` against the bundle at
-    ``bundle_path``, for each ``n_leaked``: the attacker keeps the labels of a seeded random
-    ``n_leaked`` of the fingerprints; d is counted on the others. Into ``folder/leakage.json``."""
-    from misentry.bench.experiments.leakage import (
-        adaptive_attack,
-        leak_split,
-        unleaked_disagreements,
-    )
-    from misentry.fingerprint.bundle import load_bundle
-    from misentry.models import load_record, model_from_record
-
-    bench = load_workspace(payload)
-    fps = load_bundle(payload["bundle_path"])
-    tampered = model_from_record(load_record(payload["instance_path"]))
-    points = []
-    for n_leaked in payload["n_leaked"]:
-        seed = payload["seed"] + 1000 * payload["index"] + n_leaked
-        leaked, unleaked = leak_split(len(fps), n_leaked, seed)
-        result = adaptive_attack(
-            bench, tampered, payload["attack"], fps.x[leaked], fps.labels[leaked], seed
-        )
-        points.append(
-            {
-                "n_leaked": n_leaked,
-                "n_unleaked": len(unleaked),
-                "d": unleaked_disagreements(result.model, fps, unleaked),
-                "leaked_kept": result.leaked_kept,
-                "clean_accuracy": result.clean_accuracy,
-                "attack_success": result.attack_success,
-                "steps": result.steps,
-                "seconds": result.seconds,
-            }
-        )
-    _write_json(Path(payload["folder"]), "leakage.json", {"points": points})
-    return {"points": len(points)}
-
-
-def sensitivity(payload: dict[str, Any]) -> dict[str, Any]:
-    """``variant`` (instance ``index``) trained for each of ``steps`` optimizer steps from the
-    target at ``target_path``; d of each bundle of ``bundles`` (``{method: path}``) at each step
-    count. Into ``folder/sensitivity.json``."""
-    from misentry.bench.experiments.sensitivity import tamper_at_steps_many
-    from misentry.bench.metrics import disagreements
-    from misentry.fingerprint.bundle import load_bundle
-
-    bench = load_workspace(payload)
-    bundles = {method: load_bundle(path) for method, path in payload["bundles"].items()}
-    results = tamper_at_steps_many(bench, payload["variant"], payload["index"], payload["steps"])
-    points = []
-    for result in results:
-        d = {m: disagreements(result.model, fps.x, fps.labels) for m, fps in bundles.items()}
-        points.append(
-            {
-                "steps": result.steps,
-                "d": d,
-                "n": {m: len(fps) for m, fps in bundles.items()},
-                "clean_accuracy": result.clean_accuracy,
-                "attack_success": result.attack_success,
-            }
-        )
-    _write_json(Path(payload["folder"]), "sensitivity.json", {"points": points})
-    return {"points": len(points)}
-
-
-def set_threads(threads: int | None) -> None:
-    """Pin torch's intra-op threads (None: leave as is)."""
-    if threads is not None:
-        torch.set_num_threads(threads)

@@ -4,8 +4,9 @@
 a self-contained ``report.html`` (inline CSS, plots as base64 PNG data URIs, no script, nothing
 fetched). Both come from one list of sections, so they always say the same thing. After a header
 (the results file, its sha256 and time, datasets, methods, instance counts) comes one section per
-experiment and dataset, in :data:`EXPERIMENTS` order, each opening with what was measured
-(:data:`ABOUT`):
+experiment and dataset, in the order of :data:`misentry.bench.experiments.EXPERIMENTS`, each
+opening with what was measured (the experiment's ``about``) and written by the experiment
+(its ``section``):
 
 - detection: variants x methods, ``DR@1 / DR@5`` in %, best in bold, the identity control last;
   the 95 % intervals; detection rate vs N_S per family of variants;
@@ -23,8 +24,8 @@ experiment and dataset, in :data:`EXPERIMENTS` order, each opening with what was
 
 Experiments it does not know get a table of their rows.
 
-The package keeps one part per module: the vocabulary, the document model and its rendering,
-the plotting and formatting helpers, and one module per experiment's section.
+This package holds what the sections share: the vocabulary, the document model and its
+rendering, the section context, and the plotting, formatting and point helpers.
 """
 
 from __future__ import annotations
@@ -34,14 +35,12 @@ from pathlib import Path
 from misentry.atomic import write_text_atomic
 from misentry.bench.report.document import Block, Cell, Plot, Section, Table
 from misentry.bench.report.points import RATE_COLUMNS, Column
-from misentry.bench.report.render import STYLE, _html, _markdown
-from misentry.bench.report.sections import BUILDERS, _sections
+from misentry.bench.report.render import STYLE, html_page, markdown
+from misentry.bench.report.sections import sections
 from misentry.bench.report.vocabulary import (
-    ABOUT,
     AUC_COLUMNS,
     AUC_KEYS,
     EXAMPLES_NAME,
-    EXPERIMENTS,
     FAMILIES,
     PLOT_NS,
     PLOT_NS_MAX,
@@ -51,12 +50,9 @@ from misentry.bench.report.vocabulary import (
 from misentry.bench.results import read_results
 
 __all__ = [
-    "ABOUT",
     "AUC_COLUMNS",
     "AUC_KEYS",
-    "BUILDERS",
     "EXAMPLES_NAME",
-    "EXPERIMENTS",
     "FAMILIES",
     "PLOT_NS",
     "PLOT_NS_MAX",
@@ -86,15 +82,15 @@ def build_report(results_dir: Path | str, out_dir: Path | str | None = None) -> 
         path = path / "results.json"
     if not path.is_file():
         raise FileNotFoundError(
-            f"build_report: no results file at {path}; run a benchmark with --results "
-            f"{path.parent} first, or give the folder that holds its results.json"
+            f"build_report: no results file at {path}; run a benchmark first (misentry bench "
+            "--out DIR writes DIR/results), or give the folder that holds its results.json"
         )
     rows = read_results(path)
     if not rows:
         raise ValueError(f"build_report: {path} holds no rows; the run wrote nothing to report")
     out = Path(out_dir) if out_dir is not None else path.parent
-    sections = _sections(rows, path, out)
+    found = sections(rows, path, out)
     title = "misentry benchmark report"
-    md = write_text_atomic(out / "report.md", _markdown(title, sections))
-    page = write_text_atomic(out / "report.html", _html(title, sections))
+    md = write_text_atomic(out / "report.md", markdown(title, found))
+    page = write_text_atomic(out / "report.html", html_page(title, found))
     return md, page

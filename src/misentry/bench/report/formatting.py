@@ -11,7 +11,7 @@ from typing import Any
 from misentry.bench.results import ResultRow
 
 
-def _best_of(scores: Mapping[str, float | None], decimals: int) -> set[str]:
+def best_of(scores: Mapping[str, float | None], decimals: int) -> set[str]:
     """The keys with the highest score rounded to ``decimals``; none when fewer than two
     values differ."""
     printed = {k: round(v, decimals) for k, v in scores.items() if v is not None}
@@ -21,47 +21,53 @@ def _best_of(scores: Mapping[str, float | None], decimals: int) -> set[str]:
     return {k for k, v in printed.items() if v == top}
 
 
-def _unique(values: Iterable[str]) -> list[str]:
+def unique(values: Iterable[str]) -> list[str]:
     """The values in first-seen order, once each."""
     return list(dict.fromkeys(values))
 
 
-def _span(values: Iterable[int]) -> str:
+def span(values: Iterable[int]) -> str:
+    """The range of ``values``: ``3``, ``1–10`` or ``–``."""
     found = sorted(set(values))
     if not found:
         return "–"
     return str(found[0]) if len(found) == 1 else f"{found[0]}–{found[-1]}"
 
 
-def _rate(row: ResultRow) -> float:
+def rate_of(row: ResultRow) -> float:
     """The row's detection rate (rows that reach a plot or a detection table have one)."""
     if row.detection_rate is None:
         raise ValueError(f"report: row {row.key} has no detection rate")
     return row.detection_rate
 
 
-def _pct(rate: float | None) -> str:
+def pct(rate: float | None) -> str:
+    """A rate in % with one decimal; ``–`` for none."""
     return "–" if rate is None else f"{100 * rate:.1f}"
 
 
-def _num(value: Any, decimals: int) -> str:
-    number = _number(value)
-    return "–" if number is None else f"{number:.{decimals}f}"
+def fixed(value: Any, decimals: int) -> str:
+    """A number with ``decimals`` decimals; ``–`` for anything else."""
+    found = number(value)
+    return "–" if found is None else f"{found:.{decimals}f}"
 
 
-def _interval(row: ResultRow) -> str:
+def interval(row: ResultRow) -> str:
+    """The row's 95 % interval in %; ``–`` when it has none."""
     if row.ci_low is None or row.ci_high is None:
         return "–"
-    return f"{_pct(row.ci_low)}–{_pct(row.ci_high)}"
+    return f"{pct(row.ci_low)}–{pct(row.ci_high)}"
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
+    """``value`` as a float when it is a number (not a bool, not NaN); else None."""
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         return None
     return float(value)
 
 
-def _value(value: Any) -> str:
+def text_of(value: Any) -> str:
+    """A JSON value as a table cell's text."""
     if value is None:
         return ""
     if isinstance(value, float):

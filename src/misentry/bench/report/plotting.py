@@ -12,7 +12,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 
-def _figure(panels: Sequence[str], draw: Callable[[Axes, str], None], width: float = 4.2) -> bytes:
+def figure_png(
+    panels: Sequence[str], draw: Callable[[Axes, str], None], width: float = 4.2
+) -> bytes:
     """A PNG of one panel per name (``width`` inches each), ``draw`` filling each, one legend
     for all."""
     columns = min(3, len(panels))
@@ -40,12 +42,12 @@ def _figure(panels: Sequence[str], draw: Callable[[Axes, str], None], width: flo
     return buffer.getvalue()
 
 
-def _tex_safe(label: str) -> str:
+def tex_safe(label: str) -> str:
     """A legend label matplotlib shows as written (``$`` would start mathtext)."""
     return label.replace("$", r"\$")
 
 
-def _log_x(ax: Axes, symlog: bool = False) -> None:
+def log_x_axis(ax: Axes, symlog: bool = False) -> None:
     """A logarithmic x axis (``symlog``: linear around 0) with plain tick labels: the default
     ``10^k`` labels are mathtext, which looks for TeX fonts a minimal install lacks."""
     from matplotlib.ticker import LogFormatter, NullFormatter

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from misentry.bench.report.document import Plot, Section, Table
 
 
-def _markdown(title: str, sections: Sequence[Section]) -> str:
+def markdown(title: str, sections: Sequence[Section]) -> str:
     out = [f"# {_md(title)}", ""]
     for section in sections:
         out += [f"## {_md(section.title)}", ""]
@@ -61,7 +61,7 @@ code { font-size: 0.95em; }
 """
 
 
-def _html(title: str, sections: Sequence[Section]) -> str:
+def html_page(title: str, sections: Sequence[Section]) -> str:
     e = html.escape
     out = [
         "<!DOCTYPE html>",

@@ -1,49 +1,49 @@
 """The report's sections from a run's rows: the run header, one section per experiment and
-dataset in :data:`EXPERIMENTS` order, a generic table for experiments it does not know."""
+dataset in the order of :data:`misentry.bench.experiments.EXPERIMENTS` (each experiment writes
+its own), a generic table for experiments it does not know."""
 
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from misentry.bench.report.ablation import _ablation
-from misentry.bench.report.context import _Context, _samples
-from misentry.bench.report.cost import _cost
-from misentry.bench.report.covertness import _covertness
-from misentry.bench.report.detection import _detection
+from misentry.bench.report.context import ReportContext
 from misentry.bench.report.document import Block, Cell, Section, Table
-from misentry.bench.report.formatting import _interval, _pct, _span, _unique, _value
-from misentry.bench.report.frontier import _frontier
-from misentry.bench.report.knobs import _leakage, _sensitivity
-from misentry.bench.report.vocabulary import ABOUT, EXPERIMENTS
+from misentry.bench.report.formatting import interval, pct, span, text_of, unique
 from misentry.bench.results import ResultRow
 
 
-def _sections(rows: Sequence[ResultRow], path: Path, out: Path) -> list[Section]:
-    methods = _unique(r.method for r in rows)
+def sections(rows: Sequence[ResultRow], path: Path, out: Path) -> list[Section]:
+    """The report's sections for the rows of the results file at ``path``, written to ``out``:
+    the run header, each experiment's section per dataset (each opening with what it
+    measured), and the experiments not in this run."""
+    from misentry.bench.experiments import EXPERIMENTS
+
+    known = {experiment.name: experiment for experiment in EXPERIMENTS}
+    methods = unique(r.method for r in rows)
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
-    context = _Context(colors, path.parent, out, _samples(path.parent))
-    present = _unique(r.experiment for r in rows)
-    order = [e for e in EXPERIMENTS if e in present] + sorted(set(present) - set(EXPERIMENTS))
-    sections = [_header(rows, path)]
-    for experiment in order:
-        mine = [r for r in rows if r.experiment == experiment]
-        for dataset in _unique(r.dataset for r in mine):
+    context = ReportContext(colors, path.parent, out)
+    present = unique(r.experiment for r in rows)
+    order = [e for e in known if e in present] + sorted(set(present) - set(known))
+    found = [_header(rows, path)]
+    for name in order:
+        mine = [r for r in rows if r.experiment == name]
+        for dataset in unique(r.dataset for r in mine):
             of_dataset = [r for r in mine if r.dataset == dataset]
-            title = f"{experiment.capitalize()} ({dataset})"
-            about = (ABOUT[experiment],) if experiment in ABOUT else ()
-            if experiment == "detection":
-                blocks = _detection(of_dataset, colors)
+            title = f"{name.capitalize()} ({dataset})"
+            experiment = known.get(name)
+            if experiment is None:
+                blocks = generic(of_dataset)
             else:
-                blocks = BUILDERS.get(experiment, _generic)(of_dataset, context)
-            sections.append(Section(title, (*about, *blocks)))
-    missing = [e for e in EXPERIMENTS if e not in present]
+                blocks = (experiment.about, *experiment.section(of_dataset, context))
+            found.append(Section(title, blocks))
+    missing = [e for e in known if e not in present]
     if missing:
-        sections.append(Section("Not in this run", (", ".join(missing),)))
-    return sections
+        found.append(Section("Not in this run", (", ".join(missing),)))
+    return found
 
 
 def _header(rows: Sequence[ResultRow], path: Path) -> Section:
@@ -57,19 +57,19 @@ def _header(rows: Sequence[ResultRow], path: Path) -> Section:
         ("results", f"{path} ({len(rows)} rows)"),
         ("sha256", sha),
         ("generated", f"{when} (the results file's time)"),
-        ("datasets", ", ".join(_unique(r.dataset for r in rows))),
-        ("methods", ", ".join(_unique(r.method for r in rows))),
+        ("datasets", ", ".join(unique(r.dataset for r in rows))),
+        ("methods", ", ".join(unique(r.method for r in rows))),
         ("experiments", ", ".join(f"{e} ({n} rows)" for e, n in counts.items())),
-        ("instances per cell", _span(r.n_instances for r in rows)),
-        ("fingerprints per bundle (N)", _span(r.n_fingerprints for r in rows)),
+        ("instances per cell", span(r.n_instances for r in rows)),
+        ("fingerprints per bundle (N)", span(r.n_fingerprints for r in rows)),
     )
     table = Table(("", ""), (("", tuple((Cell(k, bold=True), Cell(v)) for k, v in facts)),))
     return Section("Run", (table,))
 
 
-def _generic(rows: Sequence[ResultRow], context: _Context) -> tuple[Block, ...]:
-    """A table of the rows, the ``extra`` fields as columns."""
-    del context
+def generic(rows: Sequence[ResultRow]) -> tuple[Block, ...]:
+    """A table of the rows, the ``extra`` fields as columns (an experiment this report does
+    not know)."""
     keys = sorted({k for r in rows for k in r.extra})
     rated = any(r.detection_rate is not None for r in rows)
     rate_header = ("N_S", "rate (%)", "95 % interval (%)") if rated else ()
@@ -80,19 +80,9 @@ def _generic(rows: Sequence[ResultRow], context: _Context) -> tuple[Block, ...]:
             Cell(r.method),
             Cell(r.variant),
             Cell(r.setting),
-            *((Cell(str(r.ns)), Cell(_pct(r.detection_rate)), Cell(_interval(r))) if rated else ()),
-            *(Cell(_value(r.extra.get(k))) for k in keys),
+            *((Cell(str(r.ns)), Cell(pct(r.detection_rate)), Cell(interval(r))) if rated else ()),
+            *(Cell(text_of(r.extra.get(k))) for k in keys),
         )
         for r in ordered
     )
     return (Table(header, (("", body),)),)
-
-
-BUILDERS: dict[str, Callable[[Sequence[ResultRow], _Context], tuple[Block, ...]]] = {
-    "leakage": _leakage,
-    "covertness": _covertness,
-    "sensitivity": _sensitivity,
-    "ablation": _ablation,
-    "cost": _cost,
-    "frontier": _frontier,
-}

@@ -33,14 +33,10 @@ from misentry.models import Record, load_record, model_from_record, model_record
 from misentry.models.spec import InputSpec
 from misentry.models.target import input_spec
 from misentry.tamper.base import TamperContext, Tampering
-from misentry.tamper.families.finetune import (
-    FineTuning,
-    FineTuningParams,
-    Layers,
-    Retraining,
-    RetrainingParams,
-)
+from misentry.tamper.families.fine_tuning import FineTuning, FineTuningParams
+from misentry.tamper.families.retraining import Retraining, RetrainingParams
 from misentry.tamper.namespace import DataAccess, Namespace, instance_seed
+from misentry.tamper.recipes import Layers
 
 ZOO_KINDS = ("ft_last", "ft_all", "retrain_last", "retrain_all")
 

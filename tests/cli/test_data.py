@@ -1,0 +1,40 @@
+"""``misentry data``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from misentry.data import DATASETS
+
+from .clikit import Cli
+
+
+def test_data_list_shows_every_dataset(cli: Cli) -> None:
+    code, out, _ = cli("data", "list")
+    assert code == 0
+    for name in DATASETS:
+        assert name in out
+
+
+def test_data_show_prints_the_pool_sizes(cli: Cli) -> None:
+    code, out, _ = cli("data", "show", "mnist5k")
+    assert code == 0
+    for pool, size in (("owner_train", "2500"), ("attacker", "1000"), ("source", "250")):
+        line = next(row for row in out.splitlines() if pool in row)
+        assert size in line
+
+
+def test_data_show_of_a_folder_dataset_explains_the_layout(cli: Cli, tmp_path: Path) -> None:
+    code, out, _ = cli("data", "show", "cifar10")
+    assert code == 0
+    assert "data_batch_1.bin" in out
+    code, _, err = cli("data", "show", "cifar10", "--root", str(tmp_path))
+    assert code == 1
+    assert "data_batch_1.bin" in err
+
+
+def test_data_alone_prints_its_subcommands(cli: Cli) -> None:
+    code, out, _ = cli("data")
+    assert code == 0
+    assert "list" in out
+    assert "show" in out
