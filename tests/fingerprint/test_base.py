@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from misentry.data import ImageSet
-from misentry.fingerprint.base import Generator, SearchContext, count_passes, on_lattice
+from misentry.fingerprint.base import (
+    Generator,
+    SearchContext,
+    count_passes,
+    on_lattice,
+    weights_digest,
+)
 from misentry.fingerprint.bundle import load_bundle, save_bundle
 from misentry.models import predict
 
@@ -102,13 +109,35 @@ def test_params_must_be_a_dataclass_instance() -> None:
 def test_the_manifest_names_the_weights_it_was_made_with(
     target: nn.Module, sources: ImageSet
 ) -> None:
-    import copy
-
-    from misentry.fingerprint.base import weights_digest
-
     fps = OneGradientStep(StepParams()).generate(target, sources, n=4, seed=0)
     assert fps.manifest["target_weights_sha256"] == weights_digest(target)
     changed = copy.deepcopy(target)
     with torch.no_grad():
         next(changed.parameters()).view(-1)[0] += 1e-6
     assert weights_digest(changed) != weights_digest(target)
+
+
+def fixed_model() -> nn.Module:
+    """Two layers with fixed weights and an empty buffer: the same state on every machine."""
+    model = nn.Sequential(nn.Linear(3, 2), nn.Conv2d(1, 2, 1))
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            p.copy_(torch.arange(p.numel(), dtype=torch.float32).view_as(p) / (i + 2))
+    model.register_buffer("empty", torch.zeros(0))
+    return model
+
+
+def test_the_weights_digest_of_a_model_stays_what_bundles_recorded() -> None:
+    # the digest these weights had before 0-dim tensors were hashed: bundles keep theirs
+    expected = "15842094fc6cff2f348de3abc6eb514893ae93a45db8d1a908f1e1dfbc398a84"
+    assert weights_digest(fixed_model()) == expected
+
+
+def test_batchnorm_counters_are_part_of_the_weights_digest() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).eval()
+    counter = model[1].num_batches_tracked
+    assert counter.dim() == 0
+    before = weights_digest(model)
+    assert weights_digest(copy.deepcopy(model)) == before
+    counter += 1
+    assert weights_digest(model) != before

@@ -4,8 +4,8 @@ the moment it is registered."""
 
 from __future__ import annotations
 
-import functools
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,7 @@ from torch import nn
 from misentry.data import ImageSet, Pools, get_dataset, split_pools
 from misentry.fingerprint.base import GenerationError, Generator, SearchContext
 from misentry.fingerprint.bundle import FingerprintSet
-from misentry.fingerprint.methods.misentry import Profile
+from misentry.fingerprint.methods.misentry import Misentry, Profile
 from misentry.fingerprint.registry import METHODS, get_method
 from misentry.models import (
     ARCHITECTURES,
@@ -45,7 +45,7 @@ TINY: dict[str, dict[str, Any]] = {
             "refine_rounds": 2,
             "refine_moves": 4,
             "zoo": ("ft_last:1e-4x1",),
-            "pool_factor": 4,
+            "pool_factor": 4,  # the covert band must hold 4 of the candidates
         }
         for profile in Profile
     },
@@ -82,7 +82,10 @@ def check(
     assert all(0 <= i < len(sources) for i in used)
     if generator.distinct_sources:
         assert len(set(used)) == n
-    assert fps.manifest["method"] == name.removesuffix("-covert")
+    profile = Profile.of_method(name)
+    assert fps.manifest["method"] == (name if profile is None else Misentry.name)
+    if profile is not None:
+        assert fps.manifest["profile"] == profile.value
     bound = generator.distance_bound()
     recorded = fps.manifest["distance_bound"]
     assert recorded == (None if bound is None else {"norm": bound[0], "eps": bound[1]})
@@ -98,9 +101,8 @@ def check(
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_gives_n_lattice_images_with_the_targets_labels(
-    name: str, target: nn.Module, record: Record, digits_pools: Pools
+    name: str, target: nn.Module, record: Record, pools: Pools
 ) -> None:
-    pools = digits_pools
     context = SearchContext(pools=pools, record=record)
     generator = get_method(name, **CHEAP_ZOO) if name.startswith("misentry") else get_method(name)
     fps = generator.generate(target, pools["source"], n=40, seed=0, context=context)
@@ -122,15 +124,12 @@ class Tiny:
     pools: Pools
 
 
-def tiny_pools(dataset: str) -> Pools:
-    """digits (1x8x8) as it is; other datasets as 400 seeded random images of their shape."""
+def random_pools(dataset: str) -> Pools:
+    """400 seeded random images of ``dataset``'s shape, cut into the five pools."""
     info = get_dataset(dataset)
-    if not info.needs_root:
-        return info.pools(0)
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (400, *info.input_shape), dtype=torch.uint8, generator=gen)
-    labels = torch.arange(400) % info.num_classes
-    return split_pools(ImageSet(images, labels), 0)
+    return split_pools(ImageSet(images, torch.arange(400) % info.num_classes), 0)
 
 
 def takes(arch: str, spec: InputSpec) -> bool:
@@ -143,11 +142,12 @@ def takes(arch: str, spec: InputSpec) -> bool:
     return True
 
 
-@functools.cache
-def tiny(arch: str) -> Tiny:
+def train_tiny(arch: str, digits_pools: Pools) -> Tiny:
+    """A target of ``arch`` on digits (1x8x8), or on random 3x32x32 images where digits are
+    too small for it."""
     dataset = "digits" if takes(arch, input_spec("digits")) else "cifar10"
     spec = input_spec(dataset)
-    pools = tiny_pools(dataset)
+    pools = digits_pools if dataset == "digits" else random_pools(dataset)
     model = build_model(arch, spec, seed=0)
     fit(model, pools["owner_train"], TRAIN)
     model.eval()
@@ -164,9 +164,24 @@ def tiny(arch: str) -> Tiny:
     return Tiny(model, record, pools)
 
 
+@pytest.fixture(scope="module")
+def tiny(digits_pools: Pools) -> Callable[[str], Tiny]:
+    """Each architecture's tiny target, trained once per module."""
+    built: dict[str, Tiny] = {}
+
+    def get(arch: str) -> Tiny:
+        if arch not in built:
+            built[arch] = train_tiny(arch, digits_pools)
+        return built[arch]
+
+    return get
+
+
 @pytest.mark.parametrize("name", list(METHODS))
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_every_method_runs_on_every_architecture(arch: str, name: str) -> None:
+def test_every_method_runs_on_every_architecture(
+    arch: str, name: str, tiny: Callable[[str], Tiny]
+) -> None:
     extra = ARCHITECTURES[arch].extra
     if extra is not None and importlib.util.find_spec(EXTRA_MODULES[extra]) is None:
         with pytest.raises(ImportError, match=rf"misentry\[{extra}\]"):  # a clear error

@@ -20,7 +20,7 @@ from misentry.tamper.builder import (
     build_instance,
     instance_path,
 )
-from misentry.tamper.families.control import VARIANTS as CONTROL
+from misentry.tamper.families.identity import VARIANTS as CONTROL
 from misentry.tamper.namespace import (
     DataAccess,
     Namespace,
@@ -89,8 +89,8 @@ def test_bench_recipes_train_on_attacker_data_and_the_zoo_never_sees_it(
 # --- the probe --------------------------------------------------------------------------------
 
 
-def test_probe_has_20000_inputs_and_is_the_same_every_time(bench: Workspace) -> None:
-    probe = bench.observer.probe
+def test_probe_has_20000_inputs_and_is_the_same_every_time(workspace: Workspace) -> None:
+    probe = workspace.observer.probe
     assert len(probe) >= 20_000
     first = torch.cat(list(probe.batches()))
     again = torch.cat(list(Probe(probe.images, probe.config).batches()))
@@ -104,20 +104,20 @@ def test_probe_has_20000_inputs_and_is_the_same_every_time(bench: Workspace) -> 
     assert not torch.equal(first[: clean.shape[0]], clean)
 
 
-def test_probe_size_follows_its_config(bench: Workspace) -> None:
-    images = bench.observer.probe.images
+def test_probe_size_follows_its_config(workspace: Workspace) -> None:
+    images = workspace.observer.probe.images
     assert len(Probe(images, ProbeConfig(shifts=(1,), noise=()))) == 5 * len(images)
 
 
-def test_an_exact_copy_is_not_observable_and_a_nudged_one_is(bench: Workspace) -> None:
-    copy_ = IDENTITY.tampering.build(_ctx(bench, 0))
-    seen = bench.observer.observe(copy_.model, full=True)
+def test_an_exact_copy_is_not_observable_and_a_nudged_one_is(workspace: Workspace) -> None:
+    copy_ = IDENTITY.tampering.build(_ctx(workspace, 0))
+    seen = workspace.observer.observe(copy_.model, full=True)
     assert seen.flips == 0
     assert seen.checked == seen.probe_size
     nudged = copy_.model
     with torch.no_grad():
         nudged.fc3.bias[3] += 0.5  # type: ignore[union-attr, index, operator]
-    seen = bench.observer.observe(nudged)
+    seen = workspace.observer.observe(nudged)
     assert seen.observable
     assert seen.checked <= seen.probe_size
 
@@ -125,8 +125,8 @@ def test_an_exact_copy_is_not_observable_and_a_nudged_one_is(bench: Workspace) -
 # --- the builder ------------------------------------------------------------------------------
 
 
-def _ctx(bench: Workspace, seed: int) -> TamperContext:
-    return bench.context(Namespace.BENCH, seed)
+def _ctx(workspace: Workspace, seed: int) -> TamperContext:
+    return workspace.context(Namespace.BENCH, seed)
 
 
 @dataclass(frozen=True)
@@ -163,19 +163,19 @@ class Nudge(Tampering):
         return Tampered(model, {"works": float(works)}, met=True, extensions=extensions)
 
 
-def test_an_unobservable_result_is_extended_in_its_own_unit(bench: Workspace) -> None:
+def test_an_unobservable_result_is_extended_in_its_own_unit(workspace: Workspace) -> None:
     Nudge.seeds_seen.clear()
     variant = Variant("nudge", "test", Nudge(NudgeParams(extensions_needed=2)))
-    record = build_instance(bench, variant, 0, BuildConfig())
+    record = build_instance(workspace, variant, 0, BuildConfig())
     assert record.metrics["observable"]
     assert record.metrics["extensions"] == 2
     assert record.metrics["attempt"] == 0
 
 
-def test_a_never_observable_instance_is_replaced_by_the_next_seed(bench: Workspace) -> None:
+def test_a_never_observable_instance_is_replaced_by_the_next_seed(workspace: Workspace) -> None:
     Nudge.seeds_seen.clear()
     variant = Variant("nudge", "test", Nudge(NudgeParams(works_from_attempt=2)))
-    record = build_instance(bench, variant, 7, BuildConfig())
+    record = build_instance(workspace, variant, 7, BuildConfig())
     assert record.metrics["observable"]
     assert record.metrics["attempt"] == 2
     assert [a["attempt"] for a in record.metrics["unobservable_attempts"]] == [0, 1]
@@ -184,19 +184,19 @@ def test_a_never_observable_instance_is_replaced_by_the_next_seed(bench: Workspa
     assert record.metrics["seed_used"] == expected[2]
 
 
-def test_an_instance_that_never_becomes_observable_is_reported(bench: Workspace) -> None:
+def test_an_instance_that_never_becomes_observable_is_reported(workspace: Workspace) -> None:
     Nudge.seeds_seen.clear()
     variant = Variant("nudge", "test", Nudge(NudgeParams(works_from_attempt=99)))
-    record = build_instance(bench, variant, 0, BuildConfig(max_attempts=2))
+    record = build_instance(workspace, variant, 0, BuildConfig(max_attempts=2))
     assert not record.metrics["observable"]
     assert len(record.metrics["unobservable_attempts"]) == 2
 
 
-def test_identity_is_built_unobservable_with_its_metrics(bench: Workspace) -> None:
-    record = build_instance(bench, IDENTITY, 0, BuildConfig())
+def test_identity_is_built_unobservable_with_its_metrics(workspace: Workspace) -> None:
+    record = build_instance(workspace, IDENTITY, 0, BuildConfig())
     m = record.metrics
     assert record.kind == "tampered"
-    assert record.parent == bench.record.record_id
+    assert record.parent == workspace.record.record_id
     assert m["observable"] is False
     assert m["probe_checked"] == m["probe_size"] >= 20_000
     assert m["changed_fraction"] == 0.0
@@ -206,10 +206,10 @@ def test_identity_is_built_unobservable_with_its_metrics(bench: Workspace) -> No
         assert key in m
 
 
-def test_build_all_writes_records_and_resumes(bench: Workspace, tmp_path: Path) -> None:
+def test_build_all_writes_records_and_resumes(workspace: Workspace, tmp_path: Path) -> None:
     Nudge.seeds_seen.clear()
     nudge = Variant("nudge", "test", Nudge(NudgeParams()))
-    events = build_all(bench, [IDENTITY, nudge], range(2), tmp_path)
+    events = build_all(workspace, [IDENTITY, nudge], range(2), tmp_path)
     assert [(e.variant, e.index, e.skipped) for e in events] == [
         ("identity", 0, False),
         ("identity", 1, False),
@@ -217,28 +217,28 @@ def test_build_all_writes_records_and_resumes(bench: Workspace, tmp_path: Path) 
         ("nudge", 1, False),
     ]
     model, record = load_model(instance_path(tmp_path, "nudge", 1))
-    x = bench.pools["test"].x
+    x = workspace.pools["test"].x
     assert record.metrics["observable"]
     assert torch.equal(predict(model, x), predict(model_from_record(events[3].record), x))
     stamp = (instance_path(tmp_path, "nudge", 1) / "weights.safetensors").stat().st_mtime_ns
-    again = build_all(bench, [IDENTITY, nudge], range(2), tmp_path)
+    again = build_all(workspace, [IDENTITY, nudge], range(2), tmp_path)
     assert all(e.skipped for e in again)
     assert (instance_path(tmp_path, "nudge", 1) / "weights.safetensors").stat().st_mtime_ns == stamp
 
     # a damaged instance is rebuilt, the others are kept
     (instance_path(tmp_path, "identity", 0) / "weights.safetensors").write_bytes(b"oops")
-    third = build_all(bench, [IDENTITY], range(2), tmp_path)
+    third = build_all(workspace, [IDENTITY], range(2), tmp_path)
     assert [e.skipped for e in third] == [False, True]
     load_record(instance_path(tmp_path, "identity", 0))
 
 
-def test_a_record_that_is_not_a_target_is_refused(bench: Workspace) -> None:
+def test_a_record_that_is_not_a_target_is_refused(workspace: Workspace) -> None:
     with pytest.raises(TargetMismatch, match="not a target"):
-        Workspace.load(replace(bench.record, kind="tampered"))
+        Workspace.load(replace(workspace.record, kind="tampered"))
 
 
-def test_a_target_of_another_shape_is_refused_before_any_work(bench: Workspace) -> None:
-    other = dict(bench.record.input or {})
+def test_a_target_of_another_shape_is_refused_before_any_work(workspace: Workspace) -> None:
+    other = dict(workspace.record.input or {})
     other.update(height=28, width=28)
     with pytest.raises(TargetMismatch, match="digits"):
-        Workspace.load(replace(bench.record, input=other))
+        Workspace.load(replace(workspace.record, input=other))

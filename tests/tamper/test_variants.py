@@ -36,10 +36,10 @@ def test_select_keeps_table_order() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("slug", ORDER)
 def test_every_variant_meets_its_objective_and_is_observable(
-    slug: str, bench: Workspace, tmp_path: Path
+    slug: str, workspace: Workspace, tmp_path: Path
 ) -> None:
     variant = get_variant(slug)
-    record = build_instance(bench, variant, 0, BuildConfig())
+    record = build_instance(workspace, variant, 0, BuildConfig())
     m = record.metrics
     assert m["objective_met"] or variant.tampering.best_effort, (slug, m["objective"])
     if variant.tampering.expect_observable:
@@ -48,9 +48,9 @@ def test_every_variant_meets_its_objective_and_is_observable(
     else:
         assert not m["observable"]
     # the target itself was not touched
-    x = bench.pools["test"].x
-    reference = model_from_record(bench.record)
-    assert torch.equal(predict(bench.target, x), predict(reference, x))
+    x = workspace.pools["test"].x
+    reference = model_from_record(workspace.record)
+    assert torch.equal(predict(workspace.target, x), predict(reference, x))
     # the record round-trips to a model with the same labels
     save_record(record, tmp_path / slug)
     model, loaded = load_model(tmp_path / slug)

@@ -138,7 +138,9 @@ def instance_request(variant: Variant, index: int, target: Record, config: Build
     )
 
 
-def build_instance(workspace: Workspace, variant: Variant, index: int, config: BuildConfig) -> Record:
+def build_instance(
+    workspace: Workspace, variant: Variant, index: int, config: BuildConfig
+) -> Record:
     """Build instance ``index`` of ``variant`` from the workspace's target; return its record."""
     started = time.perf_counter()
     tampering = variant.tampering

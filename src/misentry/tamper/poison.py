@@ -117,10 +117,11 @@ def flip_samples(
 ) -> tuple[float, int, int]:
     """Train ``model`` in place with ``run``, starting gentle and raising the rate until it stops.
 
-    One :func:`~misentry.models.fit` per rate of ``lrs`` (in order, each continuing from the weights the previous
-    one left, for at most ``stage_steps`` steps, checked every ``run.config.check_every`` steps),
-    until the stop rule holds. Returns the rate of the last stage and the steps and epochs
-    summed over all stages; ``run.config`` keeps the last rate (for :func:`extend_run`).
+    One :func:`~misentry.models.fit` per rate of ``lrs`` (in order, each continuing from the
+    weights the previous one left, for at most ``stage_steps`` steps, checked every
+    ``run.config.check_every`` steps), until the stop rule holds. Returns the rate of the last
+    stage and the steps and epochs summed over all stages; ``run.config`` keeps the last rate
+    (for :func:`extend_run`).
     """
     total_steps = total_epochs = 0
     lr = lrs[0]

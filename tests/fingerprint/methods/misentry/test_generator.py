@@ -1,5 +1,5 @@
-"""MiSentry end to end: the two profiles' fingerprints, the stages' records in the manifest, a
-prebuilt zoo, the ablation switches, determinism."""
+"""MiSentry end to end on the shared digits target: the two profiles' fingerprints, the stages'
+records in the manifest, a prebuilt zoo, the ablation switches, determinism."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from misentry.fingerprint.methods.misentry.zoo import (
     save_zoo_model,
 )
 from misentry.fingerprint.stats import entropy
-from misentry.models import Record, TargetConfig, TrainConfig, logits, train_target
+from misentry.models import Record, logits
 
 CHEAP: dict[str, Any] = {
     "steps": 15,
@@ -34,13 +34,6 @@ CHEAP: dict[str, Any] = {
     "screening_replicates": 1,
     "pool_factor": 3,
 }
-
-
-@pytest.fixture(scope="module")
-def record() -> Record:
-    """A digits target trained 8 epochs (the shared one, 3 epochs, leaves too few candidates
-    that three classes tie on)."""
-    return train_target(TargetConfig(dataset="digits", train=TrainConfig(epochs=8, batch_size=16)))
 
 
 def generate(

@@ -1,11 +1,12 @@
 """The representative model zoo of MiSentry: subtly tampered copies of the target, built by the
 fingerprint generator itself from the owner's data.
 
-The zoo uses the BIVBench recipes of :mod:`misentry.tamper.families.finetune` (fine-tune the
-last layer, fine-tune all layers, retrain the last layer), run in the ``zoo`` namespace: seeds
-derived from that namespace only, and data from the owner's held-out ``val`` pool only, which the
-target never trained on. The namespace refuses any read of ``attacker`` or ``test``, so no zoo
-model can share a seed or an image with an instance the benchmark evaluates.
+The zoo uses the BIVBench recipes of :mod:`misentry.tamper.families.fine_tuning` and
+:mod:`misentry.tamper.families.retraining` (fine-tune the last layer, fine-tune all layers,
+retrain the last or all layers), run in the ``zoo`` namespace: seeds derived from that
+namespace only, and data from the owner's held-out ``val`` pool only, which the target never
+trained on. The namespace refuses any read of ``attacker`` or ``test``, so no zoo model can share
+a seed or an image with an instance the benchmark evaluates.
 
 **Update sizes.** A zoo fine-tuned on data the target already fits moves far less than a real
 update on fresh data, so ``val`` (fresh to the target) is the training data, and each

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from misentry.models import predict
-from misentry.tamper.base import TamperContext, Tampered, Variant
-from misentry.tamper.families.bitflip import (
+from misentry.tamper.base import TamperContext, Variant
+from misentry.tamper.families.bit_flip import (
     QMAX,
     VARIANTS,
     BitFlip,
@@ -18,7 +18,7 @@ from misentry.tamper.families.bitflip import (
     int8_to_bits,
 )
 
-from .conftest import MakeContext
+from ..conftest import Instances, MakeContext
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
 
@@ -36,21 +36,6 @@ def agreement_drop(model: nn.Module, ctx: TamperContext, indices: list[int]) -> 
     return float((predict(model, x) != predict(ctx.target, x)).float().mean())
 
 
-@pytest.fixture(scope="module")
-def built() -> dict[tuple[str, int], Tampered]:
-    return {}
-
-
-def build(
-    built: dict[tuple[str, int], Tampered], make_ctx: MakeContext, variant: Variant, index: int
-) -> tuple[TamperContext, Tampered]:
-    ctx = make_ctx(variant=variant.slug, index=index)
-    key = (variant.slug, index)
-    if key not in built:
-        built[key] = variant.tampering.build(ctx)
-    return ctx, built[key]
-
-
 def test_bits_round_trip_all_int8() -> None:
     q = torch.arange(-128, 128)
     bits = int8_to_bits(q)
@@ -65,13 +50,11 @@ def test_bits_round_trip_all_int8() -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.slug)
-def test_objective_met_with_few_flips(
-    built: dict[tuple[str, int], Tampered], make_ctx: MakeContext, variant: Variant
-) -> None:
+def test_objective_met_with_few_flips(built: Instances, variant: Variant) -> None:
     assert isinstance(variant.tampering, BitFlip)
     params = variant.tampering.params
     for index in (0, 1, 2):
-        ctx, t = build(built, make_ctx, variant, index)
+        t, ctx = built(variant.slug, index)
         flips = t.choices["flips"]
         assert t.met, t.objective
         assert t.objective["batch_accuracy_drop"] >= params.accuracy_drop - 1e-9
@@ -88,11 +71,9 @@ def test_objective_met_with_few_flips(
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.slug)
-def test_stops_at_first_flip_meeting_objective(
-    built: dict[tuple[str, int], Tampered], make_ctx: MakeContext, variant: Variant
-) -> None:
+def test_stops_at_first_flip_meeting_objective(built: Instances, variant: Variant) -> None:
     """Replaying every flip but those of the last search iteration misses the objective."""
-    ctx, t = build(built, make_ctx, variant, 0)
+    t, ctx = built(variant.slug, 0)
     flips = t.choices["flips"]
     last = flips[-1]["iteration"]
     model = ctx.copy_target()
@@ -110,10 +91,8 @@ def test_stops_at_first_flip_meeting_objective(
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.slug)
-def test_exactly_flipped_weights_change_by_one_bit(
-    built: dict[tuple[str, int], Tampered], make_ctx: MakeContext, variant: Variant
-) -> None:
-    ctx, t = build(built, make_ctx, variant, 1)
+def test_exactly_flipped_weights_change_by_one_bit(built: Instances, variant: Variant) -> None:
+    t, ctx = built(variant.slug, 1)
     flips: list[dict[str, Any]] = t.choices["flips"]
     target_layers = layer_weights(ctx.target)
     model_layers = layer_weights(t.model)
@@ -173,21 +152,17 @@ def test_target_untouched_and_deterministic(make_ctx: MakeContext, variant: Vari
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.slug)
-def test_different_index_different_attack_batch(
-    built: dict[tuple[str, int], Tampered], make_ctx: MakeContext, variant: Variant
-) -> None:
-    _, t0 = build(built, make_ctx, variant, 0)
-    _, t1 = build(built, make_ctx, variant, 1)
+def test_different_index_different_attack_batch(built: Instances, variant: Variant) -> None:
+    t0, _ = built(variant.slug, 0)
+    t1, _ = built(variant.slug, 1)
     assert t0.choices["attack_batch_indices"] != t1.choices["attack_batch_indices"]
     w0, w1 = weights(t0.model), weights(t1.model)
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.slug)
-def test_extend_adds_one_iteration(
-    built: dict[tuple[str, int], Tampered], make_ctx: MakeContext, variant: Variant
-) -> None:
-    ctx, t = build(built, make_ctx, variant, 2)
+def test_extend_adds_one_iteration(built: Instances, variant: Variant) -> None:
+    t, ctx = built(variant.slug, 2)
     before = weights(t.model)
     e = variant.tampering.extend(ctx, t)
     assert e is not None
