@@ -17,7 +17,7 @@ summed over every stage of the recipe; 0 is the target itself. The recipe's stop
   (fresh batch order and momentum, as :meth:`FineTuning.extend`), past the cap of 9 if asked;
 * ``targeted``: the all-victims-flipped check. The SGD rate still rises stage by stage (1e-3 for
   50 steps, 3e-3 for 50, ... 0.1), as in the recipe; after the last stage the run goes on at 0.1
-  in the extension epochs of :func:`~misentry.tamper.families.poisoning.extend_run`;
+  in the extension epochs of :func:`~misentry.tamper.poison.extend_run`;
 * ``backdoor``: the ASR >= 0.9 check. One run up to the recipe's 500-step cap, then extension
   epochs as ``extend_run``.
 
@@ -60,7 +60,7 @@ from misentry.tamper.layers import trainable_layers
 from misentry.tamper.measure import accuracy, follow_rate
 from misentry.tamper.namespace import DataAccess, Namespace, instance_seed
 from misentry.tamper.poison import mixer
-from misentry.tamper.recipes import EXTENSION_STREAM, adam_config
+from misentry.tamper.recipes import EXTENSION_STREAM, adam_config, extension_config
 from misentry.tamper.registry import VARIANTS
 from misentry.tamper.triggers import attack_success, stamped_check, stamper
 
@@ -290,9 +290,7 @@ def _backdoor(t: Backdoor, ctx: TamperContext) -> Trajectory:
 def _extension(config: TrainConfig, ctx: TamperContext, k: int) -> TrainConfig:
     """The k-th extension epoch of a poisoning run, as ``extend_run`` trains it (its seed stream
     ``1000 + k`` is ``EXTENSION_STREAM + k``)."""
-    return replace(
-        config, epochs=1, max_steps=None, check_every=0, seed=ctx.sub_seed(EXTENSION_STREAM + k)
-    )
+    return extension_config(config, ctx.sub_seed(EXTENSION_STREAM + k))
 
 
 def _checked_steps(steps: Sequence[int]) -> list[int]:

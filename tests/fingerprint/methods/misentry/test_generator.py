@@ -47,7 +47,7 @@ def generate(
 @pytest.fixture(scope="module")
 def strict(target: nn.Module, record: Record, pools: Pools) -> FingerprintSet:
     # digits images have 64 pixels: too few to land three logits in a 2e-4 window cheaply, so
-    # the tests tie two classes (mnist5k's 784 pixels tie three; see the README's table)
+    # the tests tie two classes (mnist5k's 784 pixels tie three)
     return generate(target, record, pools, "strict", tie_classes=2)
 
 
