@@ -16,6 +16,7 @@ from misentry.bench.jobs.tasks import BANDS
 from misentry.cli.common import Verbs, add_verb, console, err_console, integers, names, stage_bars
 
 if TYPE_CHECKING:
+    from misentry.bench.presets import Preset
     from misentry.bench.results import ResultRow
 
 EXECUTORS = ("local", "process", "ray")
@@ -152,7 +153,6 @@ def run(args: argparse.Namespace) -> int:
     is."""
     from misentry.bench.jobs.executors import make_executor
     from misentry.bench.presets import get_preset
-    from misentry.bench.results import read_results
     from misentry.bench.runner import resolve, run_bench
 
     preset = resolve(
@@ -181,9 +181,7 @@ def run(args: argparse.Namespace) -> int:
             executor=executor,
         )
     seconds = time.perf_counter() - started
-    rows = [r for r in read_results(results) if r.experiment == "detection" and r.ns in preset.ns]
-    out = console if console.is_terminal else Console(width=LOG_WIDTH)
-    out.print(detection_table(rows, preset.methods, preset.ns, preset.name))
+    print_detection(results, preset)
     report = f"report: {results / 'report.md'} and {results / 'report.html'}"
     console.print(report, soft_wrap=True)  # paths whole, to copy
     console.print(f"wall time {seconds:.0f} s ({args.executor} executor)")
@@ -215,3 +213,13 @@ def detection_table(
 
 def _rate(rate: float | None) -> str:
     return "n/a" if rate is None else f"{rate:.3f}"
+
+
+def print_detection(results: Path, preset: Preset) -> None:
+    """The detection table of the run whose results folder is ``results``, on stdout: as wide
+    as :data:`LOG_WIDTH` when stdout is a log file, where a terminal's width would cut it."""
+    from misentry.bench.results import read_results
+
+    rows = [r for r in read_results(results) if r.experiment == "detection" and r.ns in preset.ns]
+    out = console if console.is_terminal else Console(width=LOG_WIDTH)
+    out.print(detection_table(rows, preset.methods, preset.ns, preset.name))

@@ -84,9 +84,8 @@ def benchmark(out: Path, executor: Kind) -> None:
     :func:`misentry.bench.runner.run_bench` and print what ``misentry bench`` prints."""
     from misentry.bench.jobs.executors import make_executor
     from misentry.bench.presets import get_preset
-    from misentry.bench.results import read_results
     from misentry.bench.runner import run_bench
-    from misentry.cli.bench import LOG_WIDTH, detection_table
+    from misentry.cli.bench import print_detection
 
     preset = get_preset(PRESET)
     started = time.perf_counter()
@@ -96,9 +95,7 @@ def benchmark(out: Path, executor: Kind) -> None:
     ):
         results = run_bench(preset, out, progress=on_progress, executor=jobs)
     seconds = time.perf_counter() - started
-    rows = [r for r in read_results(results) if r.experiment == "detection" and r.ns in preset.ns]
-    wide = console if console.is_terminal else Console(width=LOG_WIDTH)
-    wide.print(detection_table(rows, preset.methods, preset.ns, preset.name))
+    print_detection(results, preset)
     console.print(f"report: {results / 'report.md'} and {results / 'report.html'}")
     console.print(f"wall time {seconds:.0f} s ({executor} executor)")
 
