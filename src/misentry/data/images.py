@@ -24,10 +24,16 @@ class DatasetLayoutError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images as ``uint8`` (N, C, H, W) with ``int64`` labels (N,)."""
+    """Images as ``uint8`` (N, C, H, W) with ``int64`` labels (N,).
+
+    ``classes`` names the classes by label (``classes[k]`` is the name of label ``k``) where the
+    source names them, as the user datasets read from a folder or a CSV manifest do; None where
+    the labels are the only names. Subsets and pools keep it.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -40,13 +46,23 @@ class ImageSet:
                 f"ImageSet.labels must be int64 of shape ({self.images.shape[0]},); got "
                 f"{self.labels.dtype} {tuple(self.labels.shape)}"
             )
+        if self.classes is not None and self.labels.numel():
+            low, high = int(self.labels.min()), int(self.labels.max())
+            if low < 0 or high >= len(self.classes):
+                raise ValueError(
+                    f"ImageSet: labels span {low}..{high} but {len(self.classes)} class names "
+                    "are given; each label must index a name"
+                )
 
     @classmethod
-    def from_numpy(cls, images: np.ndarray, labels: np.ndarray) -> ImageSet:
-        """Build from a uint8 (N, C, H, W) array and integer labels."""
+    def from_numpy(
+        cls, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...] | None = None
+    ) -> ImageSet:
+        """Build from a uint8 (N, C, H, W) array, integer labels and optional class names."""
         return cls(
             torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
             torch.from_numpy(np.asarray(labels).astype(np.int64)),
+            classes,
         )
 
     def __len__(self) -> int:
@@ -68,8 +84,9 @@ class ImageSet:
         return self.labels
 
     def subset(self, indices: torch.Tensor | np.ndarray) -> ImageSet:
+        """The images at ``indices`` (in that order), with the same class names."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
-        return ImageSet(self.images[idx], self.labels[idx])
+        return ImageSet(self.images[idx], self.labels[idx], self.classes)
 
     def class_counts(self, num_classes: int) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=num_classes)

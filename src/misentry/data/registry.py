@@ -1,20 +1,33 @@
 """The dataset registry: every dataset misentry knows, by name.
 
 A :class:`DatasetInfo` says what a dataset is (input shape, classes, normalization constants, where
-it comes from) and how to load it. ``mnist5k`` and ``digits`` ship inside installed packages and
-need no folder; the others read their standard on-disk format from a folder the user gives.
+it comes from) and how to load it. ``mnist5k``, ``mnist5k-color`` and ``digits`` ship inside
+installed packages and need no folder; the others read their standard on-disk format from a
+folder the user gives.
+
+Besides the fixed datasets of :data:`DATASETS`, :func:`get_dataset` understands the user's own
+images by names that carry their input shape, so a record's dataset name and a root are enough
+to load them again: ``imagefolder:CxHxW`` (a folder of class folders) and ``csv:CxHxW`` (a CSV
+manifest of ``path,label`` rows), C = 1 or 3 (see :mod:`misentry.data.readers.imagefolder`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
-from misentry.data.builtin import load_digits, load_mnist5k
+from misentry.data.builtin import load_digits, load_mnist5k, load_mnist5k_color
 from misentry.data.images import ImageSet
 from misentry.data.readers import read_cifar10, read_gtsrb, read_imagenet, read_mnist_idx
-from misentry.data.splits import PoolFractions, Pools, split_pools
+from misentry.data.readers.imagefolder import (
+    CSV_LAYOUT,
+    FOLDER_LAYOUT,
+    read_csv_manifest,
+    read_image_folder,
+)
+from misentry.data.splits import PoolFractions, Pools, check_class_sizes, split_pools
 
 Loader = Callable[[Path | None], ImageSet]
 
@@ -25,6 +38,9 @@ class DatasetInfo:
 
     ``mean`` and ``std`` are per-channel constants of the pixel values in [0, 1]; models apply them
     in their first layer, so images outside a model stay in pixel space.
+
+    ``num_classes`` is 0 for a dataset whose classes are known only from the data (the user
+    datasets ``imagefolder:CxHxW`` and ``csv:CxHxW``): :meth:`class_count` reads them.
     """
 
     name: str
@@ -55,8 +71,21 @@ class DatasetInfo:
         return images
 
     def pools(self, seed: int = 0, root: Path | str | None = None) -> Pools:
-        """Load the dataset and cut it into the five pools with the data seed ``seed``."""
-        return split_pools(self.load(root), seed, self.fractions)
+        """Load the dataset and cut it into the five pools with the data seed ``seed``.
+
+        Raises ValueError naming every class with fewer images than the five pools need.
+        """
+        images = self.load(root)
+        check_class_sizes(images, self.fractions)
+        return split_pools(images, seed, self.fractions)
+
+    def class_count(self, root: Path | str | None = None) -> int:
+        """``num_classes``, or, where it is 0 (known from the data), the number of classes the
+        data at ``root`` holds (a load, memoised for the user datasets)."""
+        if self.num_classes:
+            return self.num_classes
+        images = self.load(root)
+        return len(images.classes) if images.classes is not None else int(images.labels.max()) + 1
 
 
 def _root(path: Path | None) -> Path:
@@ -76,6 +105,17 @@ DATASETS: dict[str, DatasetInfo] = {
             std=(0.3081,),
             loader=lambda _root: load_mnist5k(),
             default_arch="lenet5",
+        ),
+        DatasetInfo(
+            name="mnist5k-color",
+            description="mnist5k in colour, 3x32x32: the real MNIST digits, padded to 32x32 "
+            "and painted with a synthetic stroke and background colour per image",
+            input_shape=(3, 32, 32),
+            num_classes=10,
+            mean=(0.4997, 0.4987, 0.4979),
+            std=(0.2877, 0.2831, 0.2826),
+            loader=lambda _root: load_mnist5k_color(),
+            default_arch="resnet20",
         ),
         DatasetInfo(
             name="digits",
@@ -143,10 +183,72 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+USER_DATASET_PATTERNS: tuple[str, ...] = ("imagefolder:CxHxW", "csv:CxHxW")
+"""The names of the user's own datasets: C is 1 or 3, H and W are at least 1."""
+
+USER_MEAN = 0.5
+USER_STD = 0.25
+"""Generic normalization constants of the user datasets (an imported model brings its own)."""
+
+
 def get_dataset(name: str) -> DatasetInfo:
-    """Look a dataset up by name, with an error that lists the known names."""
-    try:
+    """Look a dataset up by name: a fixed one of :data:`DATASETS`, or a user dataset
+    ``imagefolder:CxHxW`` / ``csv:CxHxW``.
+
+    Raises KeyError for an unknown name (listing the fixed names and the patterns) and
+    ValueError for a user dataset whose shape is not ``CxHxW`` with C in {1, 3}.
+    """
+    if name in DATASETS:
         return DATASETS[name]
-    except KeyError:
-        known = ", ".join(sorted(DATASETS))
-        raise KeyError(f"unknown dataset {name!r}; known datasets: {known}") from None
+    kind, sep, shape = name.partition(":")
+    if sep and kind in ("imagefolder", "csv"):
+        return user_dataset(kind, parse_shape(name, shape))
+    known = ", ".join(sorted(DATASETS))
+    patterns = ", ".join(USER_DATASET_PATTERNS)
+    raise KeyError(
+        f"unknown dataset {name!r}; known datasets: {known}; and your own images as {patterns}"
+    )
+
+
+def parse_shape(name: str, text: str) -> tuple[int, int, int]:
+    """``"3x32x32"`` as (3, 32, 32); a ValueError naming ``name`` for anything else."""
+    parts = text.split("x")
+    if len(parts) != 3 or not all(part.isascii() and part.isdigit() for part in parts):
+        raise ValueError(
+            f"dataset {name!r}: the shape must be CxHxW, e.g. imagefolder:3x32x32 or csv:1x28x28"
+        )
+    c, h, w = (int(part) for part in parts)
+    if text != f"{c}x{h}x{w}":
+        raise ValueError(f"dataset {name!r}: write the shape as {c}x{h}x{w} (no leading zeros)")
+    if c not in (1, 3) or h < 1 or w < 1:
+        raise ValueError(
+            f"dataset {name!r}: channels must be 1 (grey) or 3 (RGB) and H, W at least 1; "
+            f"got {c}x{h}x{w}"
+        )
+    return c, h, w
+
+
+@cache
+def user_dataset(kind: str, shape: tuple[int, int, int]) -> DatasetInfo:
+    """The :class:`DatasetInfo` of the user's images read as ``kind`` ("imagefolder" or "csv");
+    the same object for the same arguments."""
+    channels = shape[0]
+    text = "x".join(map(str, shape))
+    reader: Callable[[Path, tuple[int, int, int]], ImageSet]
+    if kind == "imagefolder":
+        source, layout, reader = "a folder of class folders", FOLDER_LAYOUT, read_image_folder
+    else:
+        source, layout, reader = "a CSV manifest of path,label rows", CSV_LAYOUT, read_csv_manifest
+    return DatasetInfo(
+        name=f"{kind}:{text}",
+        description=f"your images from {source}, resized and centre-cropped to {text}; "
+        "classes from the data, generic normalization 0.5 / 0.25",
+        input_shape=shape,
+        num_classes=0,
+        mean=(USER_MEAN,) * channels,
+        std=(USER_STD,) * channels,
+        loader=lambda root: reader(_root(root), shape),
+        needs_root=True,
+        layout=layout,
+        default_arch="resnet20" if channels == 3 else "lenet5",
+    )

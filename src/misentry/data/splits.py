@@ -15,13 +15,14 @@ dataset's proportions:
     Natural images that fingerprints start from.
 
 The cut depends only on the labels, the fractions and the data seed, so the same seed gives the
-same pools on every machine.
+same pools on every machine. Pools keep the dataset's class names (:attr:`ImageSet.classes`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from math import ceil
 
 import numpy as np
 import torch
@@ -90,6 +91,54 @@ def per_class_counts(class_size: int, fractions: PoolFractions) -> dict[str, int
     for name in by_remainder[: max(0, target - sum(counts.values()))]:
         counts[name] += 1
     return counts
+
+
+def min_class_size(fractions: PoolFractions | None = None) -> int:
+    """The fewest images a class needs so that every pool with a positive share gets at least one
+    of them (at that size and every larger one).
+
+    With the default fractions this is 15 (the 5 % pools need the largest remainders to round
+    up); at 20 and above every 5 % share is at least one image without rounding.
+    """
+    fractions = fractions or PoolFractions()
+    shares = {name: share for name, share in fractions.as_dict().items() if share > 0}
+    if not shares:
+        return 1
+
+    def fills_every_pool(size: int) -> bool:
+        counts = per_class_counts(size, fractions)
+        return all(counts[name] >= 1 for name in shares)
+
+    size = ceil(1.0 / min(shares.values()) - 1e-9)  # from here on, floor(size * share) >= 1
+    while size > 1 and fills_every_pool(size - 1):
+        size -= 1
+    return size
+
+
+def check_class_sizes(images: ImageSet, fractions: PoolFractions | None = None) -> None:
+    """Raise a ValueError naming every class too small to give each of the five pools an image.
+
+    A class is named by :attr:`ImageSet.classes` where the set has names, else by its label.
+    """
+    need = min_class_size(fractions)
+    labels, counts = np.unique(images.labels.cpu().numpy(), return_counts=True)
+    short = [
+        (int(label), int(count))
+        for label, count in zip(labels, counts, strict=True)
+        if count < need
+    ]
+    if not short:
+        return
+    names = images.classes
+    listed = ", ".join(
+        f"{names[label]!r} has {count}" if names else f"label {label} has {count}"
+        for label, count in short
+    )
+    raise ValueError(
+        f"too few images to cut the five pools: class {listed}; every class needs at least "
+        f"{need} images (the pool shares are {fractions or PoolFractions()}); add images or "
+        "remove the class"
+    )
 
 
 def split_indices(

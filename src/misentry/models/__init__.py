@@ -1,5 +1,9 @@
-"""Architectures, the one training loop, and the content-addressed record format."""
+"""Architectures, imported models and their input contract, the one training loop, and the
+content-addressed record format."""
 
+from misentry.models.contract import ContractAdapter, InputContract
+from misentry.models.imported import FORMATS, ONNX_IMPORT_UNSUPPORTED, ImportedModel
+from misentry.models.importer import ImportRequest, import_target
 from misentry.models.model_record import load_model, model_from_record, model_record
 from misentry.models.record import (
     RECORD_KINDS,
@@ -10,7 +14,7 @@ from misentry.models.record import (
     register_kind,
     save_record,
 )
-from misentry.models.registry import ARCHITECTURES, ArchInfo, build_model, get_arch, last_linear
+from misentry.models.registry import ARCHITECTURES, ArchInfo, build_model, get_arch, is_linear, last_linear
 from misentry.models.spec import InputSpec, Normalize
 from misentry.models.target import TargetConfig, input_spec, target_record_stub, train_target
 from misentry.models.train import (
@@ -26,6 +30,14 @@ from misentry.models.train import (
 )
 
 __all__ = [
+    "FORMATS",
+    "ONNX_IMPORT_UNSUPPORTED",
+    "ContractAdapter",
+    "ImportRequest",
+    "ImportedModel",
+    "InputContract",
+    "import_target",
+    "is_linear",
     "ARCHITECTURES",
     "RECORD_KINDS",
     "ArchInfo",

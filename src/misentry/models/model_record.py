@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from misentry.models.imported import MANIFEST_KEY, ImportedModel, rebuild
 from misentry.models.record import Record, RecordError, load_record
 from misentry.models.registry import build_model
 from misentry.models.spec import InputSpec
@@ -25,7 +26,12 @@ def model_record(
     parent: str | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> Record:
-    """A record of ``model``'s current weights (state dict, buffers included)."""
+    """A record of ``model``'s current weights (state dict, buffers included; an imported model's
+    manifest and program too, so its tampered copies load like it)."""
+    if isinstance(model, ImportedModel):
+        tensors = model.record_tensors()
+    else:
+        tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return Record(
         kind=kind,
         dataset=dataset,
@@ -36,14 +42,20 @@ def model_record(
         params=params,
         parent=parent,
         metrics=metrics or {},
-        tensors={k: v.detach().clone() for k, v in model.state_dict().items()},
+        tensors=tensors,
     )
 
 
 def model_from_record(record: Record) -> nn.Module:
-    """Rebuild the architecture named in ``record`` and load its weights (strictly), eval mode."""
+    """Rebuild the architecture named in ``record`` (or the imported model it holds) and load
+    its weights (strictly), eval mode."""
     if record.architecture is None or record.input is None:
         raise RecordError(f"record {record.record_id[:16]} ({record.kind}) holds no model")
+    if MANIFEST_KEY in record.tensors:
+        try:
+            return rebuild(record.tensors)
+        except ValueError as err:
+            raise RecordError(f"record {record.record_id[:16]}: {err}") from None
     model = build_model(record.architecture, InputSpec.from_json(record.input), record.model_seed)
     try:
         result = model.load_state_dict(record.tensors, strict=False)

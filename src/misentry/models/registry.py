@@ -63,12 +63,28 @@ def build_model(arch: str, spec: InputSpec, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def is_linear(module: nn.Module) -> bool:
+    """True for a fully connected layer: an ``nn.Linear``, or the same layer in a program that
+    misentry imported (a TorchScript ``Linear``; in a ``torch.export`` program, the holder of a
+    2-D ``weight``)."""
+    if isinstance(module, nn.Linear):
+        return True
+    if isinstance(module, torch.jit.ScriptModule):
+        return getattr(module, "original_name", "") == "Linear"
+    weight = module._parameters.get("weight")
+    return type(module) is nn.Module and weight is not None and weight.dim() == 2
+
+
 def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The name and module of the model's output layer (its last ``nn.Linear``)."""
-    found: tuple[str, nn.Linear] | None = None
+    """The name and module of the model's output layer (its last linear layer, see
+    :func:`is_linear`)."""
+    found: tuple[str, nn.Module] | None = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
+        if is_linear(module):
             found = (name, module)
     if found is None:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear output layer")
-    return found
+        raise ValueError(
+            f"{type(model).__name__} has no linear output layer (nn.Linear); recipes and methods "
+            "that act on the last layer do not apply to it"
+        )
+    return found[0], found[1]  # type: ignore[return-value]

@@ -42,6 +42,7 @@ TARGET_RECIPES: dict[str, TrainConfig] = {
     # SGD 0.05, momentum 0.9, wd 5e-4, cosine; +-2 px shifts lift LeNet-5 on the 2,500
     # owner_train images of mnist5k from 93-96 % to 97-98 % test accuracy (seeds 0-4).
     "mnist5k": TrainConfig(epochs=40, augment_shift=2),
+    "mnist5k-color": TrainConfig(epochs=15, augment_shift=2),
     "digits": TrainConfig(epochs=40, augment_shift=1),
     "mnist": TrainConfig(epochs=20, augment_shift=2),
     "cifar10": TrainConfig(epochs=120, augment_shift=4, augment_flip=True, batch_size=128),
