@@ -8,7 +8,16 @@ import torch
 from torch import nn
 
 from misentry.data import ImageSet, Pools, get_dataset
-from misentry.models import Record, TargetConfig, TrainConfig, model_from_record, train_target
+from misentry.models import (
+    ImportRequest,
+    Record,
+    TargetConfig,
+    TrainConfig,
+    import_target,
+    model_from_record,
+    train_target,
+)
+from user_model.saved import CONTRACT, SavedModel, save_user_model
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -49,3 +58,19 @@ def record(digits_record: Record) -> Record:
 def target(record: Record) -> nn.Module:
     """A fresh model of ``record`` per test module."""
     return model_from_record(record)
+
+
+@pytest.fixture(scope="session")
+def user_model(tmp_path_factory: pytest.TempPathFactory) -> SavedModel:
+    """A user's own CNN (not in the registry), trained on digits and saved in every format."""
+    return save_user_model(tmp_path_factory.mktemp("user-model"))
+
+
+@pytest.fixture(scope="session")
+def imported_record(user_model: SavedModel) -> Record:
+    """The user's model imported from TorchScript on digits: an ``imported:torchscript`` target."""
+    return import_target(
+        ImportRequest(
+            format="torchscript", source=user_model.torchscript, contract=CONTRACT, dataset="digits"
+        )
+    )

@@ -67,7 +67,8 @@ def test_unknown_dataset_lists_the_known_ones_and_the_patterns() -> None:
         ("imagefolder:3x32x32", (3, 32, 32), "resnet20"),
         ("imagefolder:1x28x28", (1, 28, 28), "lenet5"),
         ("csv:3x64x48", (3, 64, 48), "resnet20"),
-        ("csv:1x1x1", (1, 1, 1), "lenet5"),
+        ("csv:1x1x1", (1, 1, 1), "resnet20"),
+        ("csv:1x4x9", (1, 4, 9), "lenet5"),
     ],
 )
 def test_user_dataset_names_carry_their_shape(
@@ -100,7 +101,7 @@ def test_user_dataset_names_carry_their_shape(
     ],
 )
 def test_unsupported_user_dataset_names_are_value_errors_naming_them(name: str) -> None:
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match="dataset") as err:
         get_dataset(name)
     assert repr(name) in str(err.value)
 

@@ -19,8 +19,8 @@ from misentry.data.images import ImageSet
 COLOR_SEED = 0xC0105
 """Seed of the colours and background noise of ``mnist5k-color`` (fixed: the dataset is data)."""
 
-MIN_CHANNEL_CONTRAST = 64
-"""Least difference, per RGB channel, between a coloured digit's stroke and its background."""
+CONTRAST = (80, 200)
+"""Range of the per-channel gap (8-bit steps) between a coloured digit's stroke and background."""
 
 BACKGROUND_NOISE = 12
 """Largest change (in 8-bit steps) of the uniform noise added to a coloured digit's background."""
@@ -52,22 +52,22 @@ def colorize_digits(gray: torch.Tensor, seed: int) -> torch.Tensor:
     """Grey digits (N, 1, 28, 28) as uint8 colour images (N, 3, 32, 32), deterministic in ``seed``.
 
     Each digit is padded by 2 pixels of background to 32x32 and used as the alpha of a stroke
-    colour over a background colour. Per image, the stroke colour is uniform in RGB and the
-    background differs from it by an offset in [64, 192] per channel (taken modulo 256), so the
-    digit stays visible and both colours are uniform over RGB. The background gets uniform noise
-    of at most :data:`BACKGROUND_NOISE` steps per pixel and channel. Colours and noise come from
-    their own generator and never look at the labels, so colour is no shortcut to the class.
+    colour over a background colour. Per image and channel, a gap is drawn uniformly from
+    :data:`CONTRAST`, the background uniformly from ``[0, 255 - gap]`` and the stroke is the
+    background plus the gap: a light stroke on a darker background, as in MNIST, in a colour
+    that varies freely from image to image. The background gets uniform noise of at most
+    :data:`BACKGROUND_NOISE` steps per pixel and channel. Colours and noise come from their own
+    generator and never look at the labels, so colour is no shortcut to the class.
     """
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0xC0102])))
     n = int(gray.shape[0])
-    stroke = rng.integers(0, 256, size=(n, 3, 1, 1))
-    offset = rng.integers(MIN_CHANNEL_CONTRAST, 256 - MIN_CHANNEL_CONTRAST + 1, size=(n, 3, 1, 1))
-    background = (stroke + offset) % 256
+    gap = rng.integers(CONTRAST[0], CONTRAST[1] + 1, size=(n, 3, 1, 1))
+    background = np.floor(rng.random(size=(n, 3, 1, 1)) * (256 - gap))
+    stroke = (background + gap).astype(np.float32)
     noise = rng.integers(-BACKGROUND_NOISE, BACKGROUND_NOISE + 1, size=(n, 3, 32, 32))
     alpha = np.pad(gray.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2))).astype(np.float32) / 255.0
     back = np.clip(background + noise, 0, 255).astype(np.float32)
-    pixels = alpha * stroke.astype(np.float32) + (1.0 - alpha) * back
-    return torch.from_numpy(_to_uint8(pixels))
+    return torch.from_numpy(_to_uint8(alpha * stroke + (1.0 - alpha) * back))
 
 
 def _to_uint8(pixels: NDArray[np.float32]) -> NDArray[np.uint8]:

@@ -112,8 +112,8 @@ DATASETS: dict[str, DatasetInfo] = {
             "and painted with a synthetic stroke and background colour per image",
             input_shape=(3, 32, 32),
             num_classes=10,
-            mean=(0.4997, 0.4987, 0.4979),
-            std=(0.2877, 0.2831, 0.2826),
+            mean=(0.2806, 0.2819, 0.2816),
+            std=(0.2155, 0.2182, 0.2157),
             loader=lambda _root: load_mnist5k_color(),
             default_arch="resnet20",
         ),
@@ -186,6 +186,9 @@ DATASETS: dict[str, DatasetInfo] = {
 USER_DATASET_PATTERNS: tuple[str, ...] = ("imagefolder:CxHxW", "csv:CxHxW")
 """The names of the user's own datasets: C is 1 or 3, H and W are at least 1."""
 
+LENET_MIN_SIDE = 4
+"""LeNet-5 (padded below 16 pixels) needs sides of at least 4; smaller grey images get ResNet-20."""
+
 USER_MEAN = 0.5
 USER_STD = 0.25
 """Generic normalization constants of the user datasets (an imported model brings its own)."""
@@ -250,5 +253,5 @@ def user_dataset(kind: str, shape: tuple[int, int, int]) -> DatasetInfo:
         loader=lambda root: reader(_root(root), shape),
         needs_root=True,
         layout=layout,
-        default_arch="resnet20" if channels == 3 else "lenet5",
+        default_arch="lenet5" if channels == 1 and min(shape[1:]) >= LENET_MIN_SIDE else "resnet20",
     )

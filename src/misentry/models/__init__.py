@@ -14,7 +14,14 @@ from misentry.models.record import (
     register_kind,
     save_record,
 )
-from misentry.models.registry import ARCHITECTURES, ArchInfo, build_model, get_arch, is_linear, last_linear
+from misentry.models.registry import (
+    ARCHITECTURES,
+    ArchInfo,
+    build_model,
+    get_arch,
+    is_linear,
+    last_linear,
+)
 from misentry.models.spec import InputSpec, Normalize
 from misentry.models.target import TargetConfig, input_spec, target_record_stub, train_target
 from misentry.models.train import (
@@ -30,18 +37,16 @@ from misentry.models.train import (
 )
 
 __all__ = [
+    "ARCHITECTURES",
     "FORMATS",
     "ONNX_IMPORT_UNSUPPORTED",
+    "RECORD_KINDS",
+    "ArchInfo",
     "ContractAdapter",
+    "EvalResult",
     "ImportRequest",
     "ImportedModel",
     "InputContract",
-    "import_target",
-    "is_linear",
-    "ARCHITECTURES",
-    "RECORD_KINDS",
-    "ArchInfo",
-    "EvalResult",
     "InputSpec",
     "Normalize",
     "Record",
@@ -56,7 +61,9 @@ __all__ = [
     "evaluate",
     "fit",
     "get_arch",
+    "import_target",
     "input_spec",
+    "is_linear",
     "last_linear",
     "load_model",
     "load_record",

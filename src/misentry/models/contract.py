@@ -53,8 +53,11 @@ class InputContract:
     @property
     def is_identity(self) -> bool:
         """True when the model takes pixels in [0, 1], channels first, as they are."""
-        return self.input_range == "0-1" and self.mean is None and self.std is None and (
-            not self.channels_last
+        return (
+            self.input_range == "0-1"
+            and self.mean is None
+            and self.std is None
+            and (not self.channels_last)
         )
 
     def check_channels(self, channels: int) -> None:
@@ -71,11 +74,9 @@ class InputContract:
         value per channel: what a registry architecture standing in for this model uses."""
         mean = self.mean or (0.0,)
         std = self.std or (self.scale,)
-        per = (lambda v: v * channels) if len(mean) == 1 else (lambda v: v)
-        return (
-            tuple(m / self.scale for m in per(mean)),
-            tuple(s / self.scale for s in (std * channels if len(std) == 1 else std)),
-        )
+        mean = mean * channels if len(mean) == 1 else mean
+        std = std * channels if len(std) == 1 else std
+        return tuple(m / self.scale for m in mean), tuple(s / self.scale for s in std)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels in [0, 1], (N, C, H, W), to what the model takes (differentiable)."""

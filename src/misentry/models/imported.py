@@ -29,6 +29,7 @@ import importlib.util
 import io
 import json
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,17 @@ class ImportedModel(ContractAdapter):
     def __deepcopy__(self, memo: dict[int, Any]) -> ImportedModel:
         # A deep copy of a TorchScript module gives parameters that are clones (not leaves), which
         # no optimizer can train; make them leaves again, with the original's flags.
-        inner = copy.deepcopy(self.model, memo)
+        with warnings.catch_warnings():  # torch's own pytree deprecation, on copying a program
+            warnings.simplefilter("ignore", FutureWarning)
+            inner = copy.deepcopy(self.model, memo)
         for param, original in zip(inner.parameters(), self.model.parameters(), strict=True):
             if not param.is_leaf:
                 param.detach_().requires_grad_(original.requires_grad)
         clone = ImportedModel(
-            inner, self.contract, copy.deepcopy(self.manifest), self.program,
+            inner,
+            self.contract,
+            copy.deepcopy(self.manifest),
+            self.program,
             fixed_batch=self.fixed_batch,
         )
         return clone.train(self.training)
@@ -118,7 +124,9 @@ def read_program(fmt: str, data: bytes) -> tuple[nn.Module, int | None]:
     size it is fixed to (None when any batch size runs)."""
     buffer = io.BytesIO(data)
     if fmt == "torchscript":
-        return torch.jit.load(buffer, map_location="cpu"), None
+        with warnings.catch_warnings():  # torch announces TorchScript's deprecation on each load
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(buffer, map_location="cpu"), None  # type: ignore[no-untyped-call]
     if fmt == "exported":
         program = torch.export.load(buffer)
         return program.module(), _static_batch(program)
@@ -144,7 +152,8 @@ def resolve_factory(ref: str) -> tuple[Callable[..., nn.Module], Path]:
         if not path.is_file():
             raise FileNotFoundError(f"--module {ref!r}: {path} not found")
         spec = importlib.util.spec_from_file_location(f"misentry_user_{path.stem}", path)
-        assert spec is not None and spec.loader is not None
+        assert spec is not None
+        assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     else:

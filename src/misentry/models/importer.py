@@ -74,7 +74,9 @@ def load_imported(request: ImportRequest) -> ImportedModel:
         raise ValueError(f"unknown format {request.format!r}; known: {', '.join(FORMATS)}")
     if request.format == "module":
         if not request.factory or request.weights is None:
-            raise ValueError("--module needs FILE.py:FACTORY (or package.module:FACTORY) and --weights")
+            raise ValueError(
+                "--module needs FILE.py:FACTORY (or package.module:FACTORY) and --weights"
+            )
         _, source = resolve_factory(request.factory)
         factory = request.factory
         if factory.rpartition(":")[0].endswith(".py"):  # the absolute path, to rebuild anywhere
@@ -105,7 +107,9 @@ def dataset_for(request: ImportRequest, channels: int) -> DatasetInfo:
     """The dataset the model is checked and measured on, at the contract's input size."""
     if request.dataset in USER_DATASETS:
         if request.size is None:
-            raise ValueError(f"--dataset {request.dataset} needs the model's input size: --size H W")
+            raise ValueError(
+                f"--dataset {request.dataset} needs the model's input size: --size H W"
+            )
         h, w = request.size
         return get_dataset(f"{request.dataset}:{channels}x{h}x{w}")
     info = get_dataset(request.dataset)
@@ -139,7 +143,9 @@ def check_model(model: nn.Module, shape: tuple[int, int, int], num_classes: int)
             f"width; check --size, --channels-last and the dataset): {type(err).__name__}: {err}"
         ) from None
     if not isinstance(out, torch.Tensor):
-        raise ValueError(f"the model returns {type(out).__name__}, not a [N, classes] logits tensor")
+        raise ValueError(
+            f"the model returns {type(out).__name__}, not a [N, classes] logits tensor"
+        )
     if out.dim() != 2 or out.shape[0] != 2:
         raise ValueError(f"the model's output has shape {list(out.shape)}, not [N, classes] logits")
     if out.shape[1] != num_classes:
@@ -147,7 +153,9 @@ def check_model(model: nn.Module, shape: tuple[int, int, int], num_classes: int)
             f"the model has {out.shape[1]} outputs but the data has {num_classes} classes"
         )
     if bool((out >= 0).all()) and torch.allclose(out.sum(1), torch.ones(2), atol=1e-4):
-        raise ValueError("the model outputs probabilities (a softmax), not logits; drop the softmax")
+        raise ValueError(
+            "the model outputs probabilities (a softmax), not logits; drop the softmax"
+        )
 
 
 def import_target(request: ImportRequest) -> Record:
