@@ -8,6 +8,7 @@ A verb module ``misentry/cli/<verb>.py`` exposes ``add(verbs)``, which registers
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeAlias
@@ -78,7 +79,11 @@ def stage_bars(
     """Rich progress bars, one per stage, driven by the ``progress(stage, done, total)``
     callbacks of the library (``SearchContext.progress``, ``run_bench(progress=...)``). A stage
     named ``job: step`` (one job's inner stage, e.g. a bundle's search) goes once complete. The
-    bars show from the first report on, so a command that fails before prints only its error."""
+    bars show from the first report on, so a command that fails before prints only its error.
+    When ``console`` is not a terminal (a log file, a pipe), plain lines replace the bars."""
+    if not console.is_terminal:
+        yield LogLines(console)
+        return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -111,6 +116,38 @@ def stage_bars(
     finally:
         if progress.live.is_started:
             progress.stop()
+
+
+class LogLines:
+    """Progress for a log file: one line when a stage starts and when it completes, and one
+    every ``interval`` seconds while it runs (a job's inner stage, ``job: step``, only the
+    periodic and final lines), each with the elapsed time."""
+
+    def __init__(self, console: Console, interval: float = 30.0) -> None:
+        self.console = console
+        self.interval = interval
+        self.started = time.monotonic()
+        self.last: dict[str, float] = {}
+        self.done: set[str] = set()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        inner = ": " in stage
+        first = stage not in self.last
+        finished = done >= total and stage not in self.done
+        if first:
+            self.last[stage] = now
+        due = now - self.last[stage] >= self.interval
+        if (first and not inner) or finished or due:
+            self.last[stage] = now
+            if finished:
+                self.done.add(stage)
+            elapsed = int(now - self.started)
+            self.console.print(
+                f"[{elapsed // 60:d}:{elapsed % 60:02d}] {stage}: {done}/{total}",
+                markup=False,
+                highlight=False,
+            )
 
 
 # --- argument types ---------------------------------------------------------------------------
