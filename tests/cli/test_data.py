@@ -38,3 +38,30 @@ def test_data_alone_prints_its_subcommands(cli: Cli) -> None:
     assert code == 0
     assert "list" in out
     assert "show" in out
+
+
+def test_data_list_names_the_patterns_of_your_own_images(cli: Cli) -> None:
+    code, out, _ = cli("data", "list")
+    assert code == 0
+    assert "imagefolder:CxHxW" in out
+    assert "csv:CxHxW" in out
+
+
+def test_data_show_of_an_image_folder_prints_its_classes_and_pools(
+    cli: Cli, tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from misentry.data import min_class_size
+
+    pixels = np.zeros((30, 40, 3), dtype=np.uint8)
+    for name in ("zebra", "ant"):
+        (tmp_path / name).mkdir()
+        for i in range(min_class_size()):
+            Image.fromarray(pixels + i).save(tmp_path / name / f"{i}.png")
+    code, out, _ = cli("data", "show", "imagefolder:3x8x8", "--root", str(tmp_path))
+    assert code == 0
+    assert "0: ant, 1: zebra" in out
+    line = next(row for row in out.splitlines() if "owner_train" in row)
+    assert str(2 * (min_class_size() // 2)) in line

@@ -61,7 +61,7 @@ def run_list(_args: argparse.Namespace) -> int:
 
     table = Table(title="datasets")
     for col in ("name", "shape", "classes", "source", "target arch", "description"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "name", min_width=17 if col == "name" else None)
     for info in DATASETS.values():
         table.add_row(
             info.name,

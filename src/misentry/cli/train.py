@@ -68,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
         if value is not None
     }
     config = replace(config, train=replace(config.recipe, **overrides))
-    out: Path = args.out or default_path("runs", target_record_stub(config))
+    out: Path = args.out or default_path("runs", target_record_stub(config, args.root))
     if not args.force:
         try:
-            existing = reusable_target(config, out)
+            existing = reusable_target(config, out, args.root)
         except RecordError as err:
             raise CliError(f"{err}; use --force to overwrite or choose another --out") from None
         if existing is not None:

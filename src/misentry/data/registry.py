@@ -108,8 +108,8 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
         DatasetInfo(
             name="mnist5k-color",
-            description="mnist5k in colour, 3x32x32: the real MNIST digits, padded to 32x32 "
-            "and painted with a synthetic stroke and background colour per image",
+            description="synthetic-from-real: the 5,000 mnist5k digits (real MNIST), padded "
+            "to 32x32 and painted in synthetic colours (stroke, background, noise) per image",
             input_shape=(3, 32, 32),
             num_classes=10,
             mean=(0.2806, 0.2819, 0.2816),

@@ -42,7 +42,7 @@ TARGET_RECIPES: dict[str, TrainConfig] = {
     # SGD 0.05, momentum 0.9, wd 5e-4, cosine; +-2 px shifts lift LeNet-5 on the 2,500
     # owner_train images of mnist5k from 93-96 % to 97-98 % test accuracy (seeds 0-4).
     "mnist5k": TrainConfig(epochs=40, augment_shift=2),
-    "mnist5k-color": TrainConfig(epochs=15, augment_shift=2),
+    "mnist5k-color": TrainConfig(epochs=6, augment_shift=2),
     "digits": TrainConfig(epochs=40, augment_shift=1),
     "mnist": TrainConfig(epochs=20, augment_shift=2),
     "cifar10": TrainConfig(epochs=120, augment_shift=4, augment_flip=True, batch_size=128),
@@ -54,20 +54,21 @@ TARGET_RECIPES: dict[str, TrainConfig] = {
 """Per-dataset target recipes (TrainConfig fields; override any of them from the CLI)."""
 
 
-def input_spec(dataset: str) -> InputSpec:
-    """The :class:`InputSpec` of a registered dataset."""
+def input_spec(dataset: str, root: Path | str | None = None) -> InputSpec:
+    """The :class:`InputSpec` of a dataset; the user's own data (``imagefolder:...``,
+    ``csv:...``) needs its ``root``, where the class count comes from."""
     info = get_dataset(dataset)
     c, h, w = info.input_shape
-    return InputSpec(c, h, w, info.num_classes, info.mean, info.std)
+    return InputSpec(c, h, w, info.class_count(root), info.mean, info.std)
 
 
-def target_record_stub(config: TargetConfig) -> Record:
+def target_record_stub(config: TargetConfig, root: Path | str | None = None) -> Record:
     """The record a target will have, without weights: its id is known before training."""
     return Record(
         kind="target",
         dataset=config.dataset,
         architecture=config.architecture,
-        input=input_spec(config.dataset).to_json(),
+        input=input_spec(config.dataset, root).to_json(),
         data_seed=config.data_seed,
         model_seed=config.model_seed,
         params={"train": config.recipe.to_json(), "pool": "owner_train"},
@@ -84,12 +85,12 @@ def train_target(
     Metrics: accuracy on ``owner_train``, ``val`` and ``test``, test loss, steps, epochs and
     training seconds. ``root`` is the dataset folder for datasets read from disk.
     """
-    spec = input_spec(config.dataset)
+    spec = input_spec(config.dataset, root)
     pools = get_dataset(config.dataset).pools(config.data_seed, root)
     model = build_model(config.architecture, spec, config.model_seed)
     result = fit(model, pools["owner_train"], config.recipe, TrainHooks(on_step=on_step))
     test = evaluate(model, pools["test"])
-    stub = target_record_stub(config)
+    stub = target_record_stub(config, root)
     return model_record(
         model,
         kind="target",
@@ -112,7 +113,9 @@ def train_target(
     )
 
 
-def reusable_target(config: TargetConfig, path: Path | str) -> Record | None:
+def reusable_target(
+    config: TargetConfig, path: Path | str, root: Path | str | None = None
+) -> Record | None:
     """The finished target of ``config`` at ``path``, to reuse instead of training it again;
     None when ``path`` does not exist.
 
@@ -127,6 +130,6 @@ def reusable_target(config: TargetConfig, path: Path | str) -> Record | None:
         existing = load_record(path)
     except RecordError as err:
         raise RecordError(f"{path} exists but is not an intact record: {err}") from None
-    if existing.record_id != target_record_stub(config).record_id:
+    if existing.record_id != target_record_stub(config, root).record_id:
         raise RecordError(f"{path} already holds another record ({existing.record_id[:16]})")
     return existing
