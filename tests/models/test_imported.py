@@ -19,6 +19,7 @@ from misentry.models import (
     import_target,
     last_linear,
     load_model,
+    model_from_record,
     model_record,
     predict,
     save_record,
@@ -158,3 +159,17 @@ def test_the_contract_maps_pixels_to_what_the_model_takes() -> None:
     assert InputContract.from_json(contract.to_json()) == contract
     assert InputContract().is_identity
     assert not contract.is_identity
+
+
+def test_a_torchscript_fine_tune_with_frozen_batchnorm_keeps_its_statistics(
+    user_model: SavedModel, digits_pools: Pools
+) -> None:
+    record = import_target(request(user_model, "torchscript"))
+    model = model_from_record(record)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    head, _ = last_linear(model)
+    config = TrainConfig(epochs=1, optimizer="adam", lr=1e-2, trainable=(head,), freeze_bn=True)
+    fit(model, digits_pools["attacker"], config)
+    after = model.state_dict()
+    assert before
+    assert all(torch.equal(after[k], v) for k, v in before.items())

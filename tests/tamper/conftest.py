@@ -1,5 +1,6 @@
-"""Fixtures for the tampering tests: a converged digits target, contexts to tamper it in, and the
-registry's variants built on it once per session."""
+"""Fixtures for the tampering tests: a converged digits target, contexts to tamper it in, the
+registry's variants built on it once per session, and the shared user model imported in every
+format with a builder's workspace on each."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from torch import nn
 
 from misentry.data import Pools, get_dataset
 from misentry.models import (
+    ImportRequest,
     Record,
     TargetConfig,
     TrainConfig,
     build_model,
     fit,
+    import_target,
     input_spec,
     model_from_record,
     target_record_stub,
@@ -26,6 +29,7 @@ from misentry.tamper.base import TamperContext, Tampered, Variant
 from misentry.tamper.builder import Workspace
 from misentry.tamper.namespace import DataAccess, Namespace, instance_seed
 from misentry.tamper.registry import VARIANTS
+from user_model.saved import CONTRACT, SavedModel
 
 MakeContext = Callable[..., TamperContext]
 
@@ -129,3 +133,48 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
     """Two models hold the same state, bit for bit."""
     return same(a.state_dict(), b.state_dict())
+
+
+IMPORT_FORMATS = ("module", "torchscript", "exported")
+"""The formats ``misentry import`` reads into a differentiable model."""
+
+
+@pytest.fixture(scope="session")
+def imported_targets(user_model: SavedModel, imported_record: Record) -> dict[str, Record]:
+    """The shared user model imported on digits in every format, by format (``torchscript`` is
+    the shared ``imported_record``)."""
+    records = {"torchscript": imported_record}
+    records["module"] = import_target(
+        ImportRequest(
+            format="module",
+            factory=user_model.factory,
+            weights=user_model.safetensors,
+            contract=CONTRACT,
+            dataset="digits",
+        )
+    )
+    records["exported"] = import_target(
+        ImportRequest(
+            format="exported", source=user_model.exported, contract=CONTRACT, dataset="digits"
+        )
+    )
+    return records
+
+
+@pytest.fixture(scope="session")
+def imported_workspaces(imported_targets: dict[str, Record]) -> dict[str, Workspace]:
+    """A builder's workspace on each imported target, by format."""
+    return {fmt: Workspace.load(record) for fmt, record in imported_targets.items()}
+
+
+@pytest.fixture(scope="session")
+def make_imported_ctx(
+    imported_workspaces: dict[str, Workspace],
+) -> Callable[..., TamperContext]:
+    """``make_imported_ctx(fmt, variant="x", index=0)`` -> a bench context on that target."""
+
+    def make(fmt: str, variant: str = "test", index: int = 0) -> TamperContext:
+        seed = instance_seed(Namespace.BENCH, variant, index)
+        return imported_workspaces[fmt].context(Namespace.BENCH, seed, index)
+
+    return make

@@ -219,7 +219,9 @@ def test_build_all_writes_records_and_resumes(workspace: Workspace, tmp_path: Pa
     model, record = load_model(instance_path(tmp_path, "nudge", 1))
     x = workspace.pools["test"].x
     assert record.metrics["observable"]
-    assert torch.equal(predict(model, x), predict(model_from_record(events[3].record), x))
+    built = events[3].record
+    assert built is not None
+    assert torch.equal(predict(model, x), predict(model_from_record(built), x))
     stamp = (instance_path(tmp_path, "nudge", 1) / "weights.safetensors").stat().st_mtime_ns
     again = build_all(workspace, [IDENTITY, nudge], range(2), tmp_path)
     assert all(e.skipped for e in again)

@@ -20,7 +20,9 @@ BUILD_DESCRIPTION = """\
 Build N instances of each chosen variant from a target record, each the subtlest model that \
 meets the variant's objective and changes some top-1 label on the observability probe. \
 Instances go to OUT/<variant>/<index>/ as records; finished ones are skipped, so an interrupted \
-run resumes where it stopped.
+run resumes where it stopped. A variant whose tampering cannot act on the target (some do not \
+apply to a model imported as a TorchScript or torch.export program) is listed as skipped with \
+the reason, and the others still build.
 
 Instance seeds come from the benchmark namespace (or, with --namespace tune, from the \
 validation namespace used to tune generators), and recipes read only the attacker pool for \
@@ -142,13 +144,24 @@ def _instance_bar(queue: list[str], *, transient: bool) -> Iterator[Callable[[Bu
 
 
 def _variant_summary(slug: str, events: list[BuildEvent]) -> dict[str, Any]:
-    metrics = [e.record.metrics for e in events]
+    reasons = [e.not_applicable for e in events if e.not_applicable is not None]
+    if reasons:
+        return {
+            "variant": slug,
+            "instances": len(events),
+            "built": 0,
+            "skipped": 0,
+            "not_applicable": reasons[0],
+            "paths": [],
+        }
+    metrics = [e.record.metrics for e in events if e.record is not None]
     built = [m for e, m in zip(events, metrics, strict=True) if not e.skipped]
     return {
         "variant": slug,
         "instances": len(events),
         "built": len(built),
         "skipped": len(events) - len(built),
+        "not_applicable": None,
         "observable": sum(bool(m["observable"]) for m in metrics),
         "objective_met": sum(bool(m["objective_met"]) for m in metrics),
         "mean_changed_fraction": sum(m["changed_fraction"] for m in metrics) / len(metrics),
@@ -161,7 +174,11 @@ def _print_summary(summary: list[dict[str, Any]], out: Path) -> None:
     table = Table(title=f"instances in {out}")
     for col in ("variant", "built", "skipped", "observable", "objective met", "changed", "s/inst"):
         table.add_column(col, justify="left" if col == "variant" else "right")
+    not_applicable = [row for row in summary if row["not_applicable"] is not None]
     for row in summary:
+        if row["not_applicable"] is not None:
+            table.add_row(row["variant"], "0", "0", "n/a", "n/a", "-", "-")
+            continue
         table.add_row(
             row["variant"],
             str(row["built"]),
@@ -172,3 +189,7 @@ def _print_summary(summary: list[dict[str, Any]], out: Path) -> None:
             f"{row['mean_build_seconds']:.2f}",
         )
     console.print(table)
+    for row in not_applicable:
+        console.print(
+            f"{row['variant']}: skipped: {row['not_applicable']}", highlight=False, soft_wrap=True
+        )

@@ -295,6 +295,15 @@ def frozen_except(
             p.requires_grad_(saved[name])
 
 
+def is_batchnorm(module: nn.Module) -> bool:
+    """True for a BatchNorm layer, also inside a TorchScript program (where it is a
+    ``ScriptModule`` whose ``original_name`` names it)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return True
+    name = getattr(module, "original_name", "")
+    return isinstance(module, torch.jit.ScriptModule) and name.startswith("BatchNorm")
+
+
 @contextmanager
 def training(model: nn.Module, freeze_bn: bool = False) -> Iterator[nn.Module]:
     """Put ``model`` in train mode (BatchNorm in eval mode if ``freeze_bn``); restore after."""
@@ -303,7 +312,7 @@ def training(model: nn.Module, freeze_bn: bool = False) -> Iterator[nn.Module]:
         model.train()
         if freeze_bn:
             for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if is_batchnorm(m):
                     m.eval()
         yield model
     finally:

@@ -9,6 +9,11 @@ target's weights (unless it replaces the model) and does as little as it must.
 When the result changes no top-1 label on the observability probe, the builder asks the family to
 go on in its own natural unit (:meth:`Tampering.extend`: another epoch, another bit, the next
 sparsity step) until it does or the family's documented cap is reached.
+
+A family that cannot act on a target (a model imported as a TorchScript or ``torch.export``
+program hides what it needs, such as an inner layer's input or a way to rebuild its architecture)
+raises :class:`NotApplicable` with the reason; the builder records the variant as skipped with
+that reason and builds the others.
 """
 
 from __future__ import annotations
@@ -25,6 +30,21 @@ from misentry.data import DatasetInfo
 from misentry.models import InputSpec, Record
 from misentry.models.record import json_ready
 from misentry.tamper.namespace import DataAccess, Namespace, instance_seed
+
+IMPORTED = "imported"
+"""The prefix of an imported target's architecture (``imported:torchscript``...)."""
+
+
+class NotApplicable(Exception):
+    """The family cannot act on this target; ``reason`` says why (shown as ``skipped: reason``).
+
+    Raised before the recipe changes anything: the builder skips the variant's instances on
+    this target rather than replacing them by other seeds.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,13 @@ class TamperContext:
     def architecture(self) -> str:
         assert self.target_record.architecture is not None
         return self.target_record.architecture
+
+    @property
+    def imported_format(self) -> str | None:
+        """The format a target imported with ``misentry import`` came in (``module``,
+        ``torchscript``, ``exported``); None for a registry architecture."""
+        kind, sep, fmt = self.architecture.partition(":")
+        return fmt if sep and kind == IMPORTED else None
 
     def copy_target(self) -> nn.Module:
         """A deep copy of the target in eval mode, free to modify."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from misentry.data import Pools, get_dataset
+from misentry.data import DatasetInfo, Pools, get_dataset
 from misentry.models import (
     Record,
     RecordError,
@@ -28,7 +28,7 @@ from misentry.models import (
     save_record,
 )
 from misentry.models.spec import InputSpec
-from misentry.tamper.base import TamperContext, Tampered, Variant
+from misentry.tamper.base import IMPORTED, NotApplicable, TamperContext, Tampered, Variant
 from misentry.tamper.measure import accuracy, changed_fraction
 from misentry.tamper.namespace import DataAccess, Namespace, Role, concat, instance_seed
 from misentry.tamper.observe import Observation, Observer, Probe, ProbeConfig
@@ -79,12 +79,7 @@ class Workspace:
                 f"record {target.record_id[:16]} is a {target.kind!r} record, not a target"
             )
         info = get_dataset(target.dataset)
-        spec = input_spec(target.dataset)
-        if target.input is None or InputSpec.from_json(target.input) != spec:
-            raise TargetMismatch(
-                f"target {target.record_id[:16]} takes input {target.input}, but dataset "
-                f"{target.dataset!r} gives {spec.to_json()}"
-            )
+        spec = target_spec(target, info)
         pools = info.pools(target.data_seed, root)
         model = model_from_record(target)
         all_images = concat([pools[name] for name in pools])
@@ -109,6 +104,27 @@ class Workspace:
             index=index,
             attempt=attempt,
         )
+
+
+def target_spec(target: Record, info: DatasetInfo) -> InputSpec:
+    """The input spec of ``target``, checked against its dataset: a registry target's must be
+    the dataset's own; an imported target's (its normalization comes from the model's input
+    contract) must take the dataset's image shape."""
+    stored = None if target.input is None else InputSpec.from_json(target.input)
+    imported = (target.architecture or "").startswith(f"{IMPORTED}:")
+    expected = None if imported else input_spec(target.dataset)
+    if stored is None or (expected is not None and stored != expected):
+        gives = info.input_shape if expected is None else expected.to_json()
+        raise TargetMismatch(
+            f"target {target.record_id[:16]} takes input {target.input}, but dataset "
+            f"{target.dataset!r} gives {gives}"
+        )
+    if stored.shape != info.input_shape:
+        raise TargetMismatch(
+            f"target {target.record_id[:16]} takes inputs of shape {stored.shape}, but dataset "
+            f"{target.dataset!r} has images of shape {info.input_shape}"
+        )
+    return stored
 
 
 def instance_request(variant: Variant, index: int, target: Record, config: BuildConfig) -> Record:
@@ -141,7 +157,10 @@ def instance_request(variant: Variant, index: int, target: Record, config: Build
 def build_instance(
     workspace: Workspace, variant: Variant, index: int, config: BuildConfig
 ) -> Record:
-    """Build instance ``index`` of ``variant`` from the workspace's target; return its record."""
+    """Build instance ``index`` of ``variant`` from the workspace's target; return its record.
+
+    Raises :class:`~misentry.tamper.base.NotApplicable` when the family cannot act on the
+    target (see :func:`build_all`, which records it as skipped)."""
     started = time.perf_counter()
     tampering = variant.tampering
     unobservable: list[dict[str, Any]] = []
@@ -236,13 +255,15 @@ def instance_path(out: Path | str, variant: str, index: int) -> Path:
 
 @dataclass(frozen=True)
 class BuildEvent:
-    """Progress of :func:`build_all`: one per instance, built or skipped."""
+    """Progress of :func:`build_all`: one per instance, built, found finished (``skipped``) or
+    not applicable to the target (``record`` None, ``not_applicable`` the reason)."""
 
     variant: str
     index: int
     path: Path
-    record: Record
+    record: Record | None
     skipped: bool
+    not_applicable: str | None = None
 
 
 def build_all(
@@ -253,24 +274,42 @@ def build_all(
     config: BuildConfig | None = None,
     on_instance: Callable[[BuildEvent], None] | None = None,
 ) -> list[BuildEvent]:
-    """Build every (variant, index) under ``out``, skipping instances already finished."""
+    """Build every (variant, index) under ``out``, skipping instances already finished.
+
+    A variant whose family cannot act on the target
+    (:class:`~misentry.tamper.base.NotApplicable`) gets, for each index, an event with the
+    reason and no record; nothing is written for it, and the other variants still build."""
     config = config or BuildConfig()
     events: list[BuildEvent] = []
     for variant in variants:
+        reason: str | None = None
         for index in indices:
             path = instance_path(out, variant.slug, index)
-            stub = instance_request(variant, index, workspace.record, config)
-            existing = _finished(path, stub.record_id)
-            if existing is not None:
-                event = BuildEvent(variant.slug, index, path, existing, skipped=True)
+            if reason is None:
+                event, reason = _build_or_reuse(workspace, variant, index, path, config)
             else:
-                record = build_instance(workspace, variant, index, config)
-                save_record(record, path, overwrite=path.exists())
-                event = BuildEvent(variant.slug, index, path, record, skipped=False)
+                event = BuildEvent(variant.slug, index, path, None, False, reason)
             events.append(event)
             if on_instance is not None:
                 on_instance(event)
     return events
+
+
+def _build_or_reuse(
+    workspace: Workspace, variant: Variant, index: int, path: Path, config: BuildConfig
+) -> tuple[BuildEvent, str | None]:
+    """The event of one instance (built and saved, or reused), and the reason when the variant
+    does not apply to the target."""
+    stub = instance_request(variant, index, workspace.record, config)
+    existing = _finished(path, stub.record_id)
+    if existing is not None:
+        return BuildEvent(variant.slug, index, path, existing, skipped=True), None
+    try:
+        record = build_instance(workspace, variant, index, config)
+    except NotApplicable as err:
+        return BuildEvent(variant.slug, index, path, None, False, err.reason), err.reason
+    save_record(record, path, overwrite=path.exists())
+    return BuildEvent(variant.slug, index, path, record, skipped=False), None
 
 
 def _finished(path: Path, record_id: str) -> Record | None:

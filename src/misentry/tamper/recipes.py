@@ -18,9 +18,10 @@ from typing import Literal, Protocol
 
 from torch import nn
 
-from misentry.models import TrainConfig, last_linear
+from misentry.models import TrainConfig
 from misentry.models.target import TARGET_RECIPES
 from misentry.tamper.base import TamperContext
+from misentry.tamper.layers import output_layer
 
 Layers = Literal["last", "all"]
 
@@ -34,10 +35,12 @@ CONSTANT_RATE = TrainConfig(weight_decay=0.0, schedule="constant")
 
 def layers_config(model: nn.Module, layers: Layers, config: TrainConfig) -> TrainConfig:
     """``config`` training the output layer alone with BatchNorm statistics frozen (``"last"``,
-    the layer found by :func:`misentry.models.last_linear`) or every parameter with BatchNorm in
-    train mode (``"all"``)."""
+    the layer found by :func:`misentry.models.last_linear`; raises
+    :class:`~misentry.tamper.base.NotApplicable` when the model has none) or every parameter
+    with BatchNorm in train mode (``"all"``)."""
     last = layers == "last"
-    return replace(config, trainable=(last_linear(model)[0],) if last else None, freeze_bn=last)
+    trainable = (output_layer(model, "training the last layer")[0],) if last else None
+    return replace(config, trainable=trainable, freeze_bn=last)
 
 
 def fine_tuning_config(

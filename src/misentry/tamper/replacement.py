@@ -12,7 +12,8 @@ head for a shifted input distribution. All go through the project's one training
 Training from scratch is the expensive part of the benchmark build, so the architectures a recipe
 may swap in are limited by compute: :func:`candidate_architectures` keeps the registered
 architectures that build for the input spec and cost at most ``max_cost_ratio`` times the
-target's multiply-accumulates per image (:func:`forward_macs`). For the mnist5k LeNet-5 target
+target's multiply-accumulates per image (:func:`model_macs`, measured on the target itself, so
+an imported target is held to its own cost). For the mnist5k LeNet-5 target
 (0.28 MMAC per 28x28 image) that is the MLP (0.23 MMAC); MobileNet-small (3.3 MMAC, 12x)
 trains at about 2.5 s an epoch on 2 CPU cores and needs about 11 epochs to come within a point,
 and the VGG-style network, the GTSRB CNN and ResNet-20 (29-31 MMAC, over 100x) take 13-17 s
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from misentry.data import ImageSet
 from misentry.models import (
@@ -40,49 +42,52 @@ from misentry.models import (
     fit,
     predict,
 )
-from misentry.tamper.base import TamperContext, Tampered
+from misentry.tamper.base import NotApplicable, TamperContext, Tampered
 from misentry.tamper.measure import ACCURACY_SLACK, accuracy
+
+
+def model_macs(model: nn.Module, shape: tuple[int, int, int]) -> int | None:
+    """Multiply-accumulates of one forward pass of ``model`` on one input of ``shape``
+    (convolutions and matrix products), counted at the operator level by torch's
+    ``FlopCounterMode``, so a model imported as a TorchScript or ``torch.export`` program is
+    measured like any other; None when the model does not run on that input.
+
+    A model that runs on a fixed batch size only (an attribute ``fixed_batch``, see
+    :class:`misentry.models.ContractAdapter`) is run on one such batch and the count divided.
+    """
+    batch = getattr(model, "fixed_batch", None) or 1
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(batch, *shape))
+    except Exception:  # the input is too small for this architecture, or the wrong shape
+        return None
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops()) // (2 * batch)
 
 
 @functools.lru_cache(maxsize=64)
 def forward_macs(arch: str, spec: InputSpec) -> int | None:
-    """Multiply-accumulates of one forward pass of ``arch`` on one input of ``spec`` (convolutions
-    and linear layers); None when the architecture cannot be built or run for ``spec`` (a
-    missing extra, an input too small)."""
+    """Multiply-accumulates of one forward pass of the registered ``arch`` on one input of
+    ``spec`` (:func:`model_macs`); None when the architecture cannot be built or run for
+    ``spec`` (a missing extra, an input too small)."""
     try:
         model = build_model(arch, spec, 0)
     except Exception:  # ImportError for a missing extra, ValueError/RuntimeError for a shape
         return None
-    total = 0
-
-    def count(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            per_output = module.weight.shape[1] * module.weight.shape[2] * module.weight.shape[3]
-            total += int(output.numel()) * int(per_output)
-        elif isinstance(module, nn.Linear):
-            total += int(output.numel()) * int(module.in_features)
-
-    handles = [
-        m.register_forward_hook(count)
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *spec.shape))
-    except Exception:  # the input is too small for this architecture
-        return None
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
+    return model_macs(model, spec.shape)
 
 
 def candidate_architectures(ctx: TamperContext, max_cost_ratio: float) -> list[str]:
     """Registered architectures other than the target's that build and run for the input spec
-    and cost at most ``max_cost_ratio`` times the target's MACs per image, in registry order."""
-    own = forward_macs(ctx.architecture, ctx.spec)
+    (the target record's: shape, classes and the normalization of its input contract) and cost
+    at most ``max_cost_ratio`` times the target's MACs per image, in registry order.
+
+    The target's cost is measured on the target model itself (:func:`model_macs`), so an
+    imported target, whose architecture has no registry name, is held to its own cost too."""
+    own = model_macs(ctx.target, ctx.spec.shape)
     found = []
     for name in ARCHITECTURES:
         if name == ctx.architecture:
@@ -94,6 +99,60 @@ def candidate_architectures(ctx: TamperContext, max_cost_ratio: float) -> list[s
             continue
         found.append(name)
     return found
+
+
+def rebuild_reason(ctx: TamperContext) -> str | None:
+    """Why the target's own architecture cannot be trained again from fresh weights, or None
+    when it can: a registry architecture is built by name; an imported ``module`` is
+    re-initialised (:func:`fresh_model`) when every parameter belongs to a layer with
+    ``reset_parameters``; a TorchScript or ``torch.export`` program cannot be."""
+    fmt = ctx.imported_format
+    if fmt is None:
+        return None
+    if fmt == "module":
+        loose = sorted(set(dict(ctx.target.named_parameters())) - _resettable(ctx.target))
+        if not loose:
+            return None
+        return (
+            f"its parameters {loose[:4]} belong to layers without reset_parameters, so the "
+            "imported module cannot be re-initialised"
+        )
+    program = {"torchscript": "a TorchScript program", "exported": "a torch.export program"}
+    return (
+        f"{program.get(fmt, f'an imported {fmt} model')} cannot be re-initialised (its layers "
+        "have no reset_parameters and it cannot be rebuilt by name); import the model with "
+        "--module to include it"
+    )
+
+
+def _resettable(model: nn.Module) -> set[str]:
+    """Names of the parameters that the ``reset_parameters`` of their own layer redraws."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if callable(getattr(module, "reset_parameters", None))
+        for name, _ in module.named_parameters(recurse=False)
+    }
+
+
+def fresh_model(ctx: TamperContext, arch: str, seed: int, family: str) -> nn.Module:
+    """A model of ``arch`` with fresh weights drawn from ``seed``: a registered architecture
+    built for the input spec, or (``arch`` the imported target's own) a deep copy of the target
+    whose layers are redrawn by their ``reset_parameters``; :class:`NotApplicable` naming
+    ``family`` when the target's architecture cannot be re-initialised (:func:`rebuild_reason`)."""
+    if arch != ctx.architecture or ctx.imported_format is None:
+        return build_model(arch, ctx.spec, seed)
+    reason = rebuild_reason(ctx)
+    if reason is not None:
+        raise NotApplicable(f"{family} trains the target's own architecture afresh, and {reason}")
+    model = ctx.copy_target()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return model
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from misentry.models import predict
-from misentry.tamper.base import TamperContext, Tampered, Tampering, Variant
+from misentry.tamper.base import NotApplicable, TamperContext, Tampered, Tampering, Variant
+from misentry.tamper.layers import is_compressible, layer_weight
 from misentry.tamper.measure import accuracy
 
 BITS = 8
@@ -88,12 +89,13 @@ class _Layer:
 
 
 def _quantized_layers(model: nn.Module) -> list[_Layer]:
-    """Every Conv/Linear weight of ``model`` with a non-zero range, with step = max|W| / 127."""
+    """Every Conv/Linear weight of ``model`` (:func:`~misentry.tamper.layers.is_compressible`,
+    imported programs' layers too) with a non-zero range, with step = max|W| / 127."""
     layers = []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
+        if not is_compressible(module):
             continue
-        weight = module.weight.requires_grad_(True)
+        weight = layer_weight(module).requires_grad_(True)
         if weight.numel() == 0 or not weight.is_contiguous():
             continue
         w = weight.detach()
@@ -110,8 +112,7 @@ def _rebind(model: nn.Module, layers: list[_Layer]) -> list[_Layer]:
     modules = dict(model.named_modules())
     rebound = []
     for layer in layers:
-        weight = modules[layer.name].weight
-        assert isinstance(weight, torch.Tensor)
+        weight = layer_weight(modules[layer.name])
         rebound.append(_Layer(layer.name, weight.requires_grad_(True), layer.step, layer.q.clone()))
     return rebound
 
@@ -306,6 +307,8 @@ class BitFlip(Tampering):
         y = predict(ctx.target, x)
         model = ctx.copy_target()
         layers = _quantized_layers(model)
+        if not layers:
+            raise NotApplicable("bit_flip flips bits of Conv/Linear weights; the model has none")
         needed = math.ceil(p.accuracy_drop * n - 1e-9)  # mismatches that make the drop
 
         flips: list[dict[str, Any]] = []

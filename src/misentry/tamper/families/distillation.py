@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
-from misentry.models import TrainHooks, TrainState, build_model, predict
-from misentry.tamper.base import TamperContext, Tampered, Tampering, Variant
+from misentry.models import TrainHooks, TrainState, predict
+from misentry.tamper.base import NotApplicable, TamperContext, Tampered, Tampering, Variant
 from misentry.tamper.namespace import concat
 from misentry.tamper.recipes import scratch_config
 from misentry.tamper.replacement import (
     candidate_architectures,
+    fresh_model,
+    rebuild_reason,
     replacement_outcome,
     train_to_accuracy,
 )
@@ -83,8 +85,18 @@ class Distillation(Tampering):
 
     Scaling with the dataset: the recipe is the target's (per dataset); the student is built for
     the input spec; architectures that cannot take the input, need a missing extra or cost more
-    than ``max_cost_ratio`` times the target are skipped (if none is left, the student has the
-    target's architecture). On mnist5k/LeNet-5 the other student is the MLP.
+    than ``max_cost_ratio`` times the target (its MACs measured on the target model) are skipped
+    (if none is left, the student has the target's architecture). On mnist5k/LeNet-5 the other
+    student is the MLP.
+
+    On an imported target (``misentry import``): the input spec is the record's (the shape,
+    classes and the normalization of the model's input contract), so a registered student takes
+    the same pixels. The target's own architecture has no registry name: for an imported
+    ``module`` the own-architecture student is a copy of the target with every layer redrawn by
+    its ``reset_parameters`` (:func:`~misentry.tamper.replacement.fresh_model`); a TorchScript or
+    ``torch.export`` program cannot be re-initialised, so its students are all registered
+    architectures (the own-architecture draw takes a candidate instead), and the family is
+    skipped (:class:`~misentry.tamper.base.NotApplicable`) only when no candidate fits.
 
     Deviations from the authors' code: the authors trained a fixed 60 epochs with step schedules
     and kept the best-test checkpoint; here training stops at the first epoch within 2 points of
@@ -102,19 +114,27 @@ class Distillation(Tampering):
         super().__init__(params)
 
     def student_architecture(self, ctx: TamperContext) -> str:
-        """The instance's student architecture, drawn from the seed."""
+        """The instance's student architecture, drawn from the seed (a candidate architecture
+        when the target's own cannot be re-initialised, :func:`rebuild_reason`)."""
         gen = ctx.generator(0)
         own = float(torch.rand(1, generator=gen)) < self.params.own_arch_share
         others = candidate_architectures(ctx, self.params.max_cost_ratio)
-        if own or not others:
+        unbuildable = rebuild_reason(ctx)
+        if (own or not others) and unbuildable is None:
             return ctx.architecture
+        if not others:
+            raise NotApplicable(
+                f"distillation needs a student architecture: no registered architecture builds "
+                f"for input {ctx.spec.shape} within {self.params.max_cost_ratio}x the target's "
+                f"cost, and the target's own cannot be used: {unbuildable}"
+            )
         return others[int(torch.randint(0, len(others), (1,), generator=gen))]
 
     def build(self, ctx: TamperContext) -> Tampered:
         p = self.params
         arch = self.student_architecture(ctx)
         student_seed = ctx.sub_seed(1)
-        model = build_model(arch, ctx.spec, student_seed)
+        model = fresh_model(ctx, arch, student_seed, self.family)
         teacher = ctx.target
 
         def teacher_labels(

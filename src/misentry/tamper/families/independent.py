@@ -6,11 +6,11 @@ from __future__ import annotations
 from abc import abstractmethod
 from dataclasses import dataclass
 
-from misentry.models import build_model
-from misentry.tamper.base import TamperContext, Tampered, Tampering, Variant
+from misentry.tamper.base import NotApplicable, TamperContext, Tampered, Tampering, Variant
 from misentry.tamper.recipes import scratch_config
 from misentry.tamper.replacement import (
     candidate_architectures,
+    fresh_model,
     replacement_outcome,
     train_to_accuracy,
 )
@@ -76,7 +76,7 @@ class IndependentModel(Tampering):
         p = self.params
         arch = self.choose_architecture(ctx)
         model_seed = ctx.sub_seed(1)
-        model = build_model(arch, ctx.spec, model_seed)
+        model = fresh_model(ctx, arch, model_seed, self.family)
         config = scratch_config(ctx, p.max_epochs, ctx.sub_seed(2))
         run = train_to_accuracy(ctx, model, ctx.data.owner_train, config, p.tolerance)
         choices = {"architecture": arch, "model_seed": model_seed}
@@ -98,14 +98,17 @@ class DifferentArch(IndependentModel):
     mnist5k/LeNet-5 and digits the candidates are the MLP and MobileNet-small (11.7x and 4x
     LeNet-5's cost; VGG-small, ResNet-20 and the GTSRB CNN cost 35-110x and would dominate the
     build); for ResNet-20, GTSRB-CNN or DenseNet targets all other registered architectures
-    qualify. Raises ValueError when no architecture qualifies.
+    qualify. Skipped (:class:`~misentry.tamper.base.NotApplicable`) when no architecture
+    qualifies.
 
     Objective, stop rule and recording: see :class:`IndependentModel`; ``tolerance`` 2 points,
     ``max_epochs`` 30. Measured on mnist5k (10 instances, all MLPs, 2 CPU cores): 95.7-96.5 %
     test accuracy (target 97.7 %) after 14-24 epochs, 1.1-1.7 s each.
 
     Scaling with the dataset: the recipe is the target's; the architectures are built for the
-    input spec and filtered as above.
+    input spec and filtered as above. On an imported target the input spec is the record's (the
+    normalization of its input contract) and the cost is measured on the imported model itself,
+    so every format gets registered architectures no costlier than it.
 
     Deviations from the authors' code: one shared recipe (the target's) instead of a config per
     architecture; early stop within 2 points of the target instead of a full run with best-test
@@ -118,7 +121,7 @@ class DifferentArch(IndependentModel):
     def choose_architecture(self, ctx: TamperContext) -> str:
         others = candidate_architectures(ctx, self.params.max_cost_ratio)
         if not others:
-            raise ValueError(
+            raise NotApplicable(
                 f"different_arch: no registered architecture other than {ctx.architecture!r} "
                 f"builds for input {ctx.spec.shape} within {self.params.max_cost_ratio}x the "
                 f"target's cost"
@@ -142,6 +145,12 @@ class IndependentRetrain(IndependentModel):
     (target 97.7 %) after 9-18 epochs, 2.2-3.6 s each.
 
     Scaling with the dataset: the target's architecture, recipe and training pool.
+
+    On an imported target (``misentry import``): an imported ``module`` is re-initialised (a copy
+    of the target with every layer redrawn by its ``reset_parameters``, seeded), which is its own
+    architecture from another seed; a TorchScript or ``torch.export`` program cannot be, and
+    standing in another architecture would make this ``different_arch``, so the family is skipped
+    (:class:`~misentry.tamper.base.NotApplicable`) with the reason.
 
     Deviations from the authors' code: early stop within 2 points of the target instead of a
     full run with best-test checkpoint selection.

@@ -2,7 +2,8 @@
 changes a few decisions.
 
 It acts on the weight tensors of the convolution and fully connected layers only
-(:data:`~misentry.tamper.layers.COMPRESSIBLE`, the output layer included): never on biases, never
+(:func:`~misentry.tamper.layers.compressible_weights`, the output layer included, an imported
+program's layers too): never on biases, never
 on BatchNorm parameters or running statistics, never on the input normalization.
 """
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from misentry.models import TrainHooks, TrainState, fit
 from misentry.tamper.base import TamperContext, Tampered, Tampering, Variant
-from misentry.tamper.layers import compressible_weights
+from misentry.tamper.layers import compressible_weights, require_compressible
 from misentry.tamper.measure import accuracy_objective
 from misentry.tamper.recipes import fine_tuning_config
 
@@ -138,6 +139,7 @@ class Pruning(Tampering):
 
     def build(self, ctx: TamperContext) -> Tampered:
         p = self.params
+        require_compressible(ctx.target, self.family)
         u = float(torch.rand((), generator=ctx.generator(0), dtype=torch.float64))
         low, high = math.log(p.min_sparsity), math.log(p.max_sparsity)
         sparsity = math.exp(low + u * (high - low))

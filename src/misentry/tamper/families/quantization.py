@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from misentry.tamper.base import TamperContext, Tampered, Tampering, Variant
-from misentry.tamper.layers import compressible_weights
+from misentry.tamper.layers import compressible_weights, require_compressible
 from misentry.tamper.measure import accuracy_objective
 
 Granularity = Literal["per_tensor", "per_channel"]
@@ -151,6 +151,7 @@ class Quantization(Tampering):
 
     def build(self, ctx: TamperContext) -> Tampered:
         p = self.params
+        require_compressible(ctx.target, self.family)
         cells = [(bits, granularity) for bits in p.bits for granularity in p.granularities]
         bits, granularity = cells[ctx.index % len(cells)]
         return self._quantized(ctx, bits, granularity, extensions=0)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from misentry.models import TrainConfig, TrainHooks, TrainState, fit, last_linear, predict
+from misentry.models import TrainConfig, TrainHooks, TrainState, fit, predict
 from misentry.tamper.base import TamperContext, Tampered, Tampering, Variant
+from misentry.tamper.layers import output_layer, reset_linear
 from misentry.tamper.measure import ACCURACY_SLACK, accuracy
 from misentry.tamper.recipes import EXTENSION_STREAM, Layers, retraining_config
 
@@ -78,8 +79,10 @@ class Retraining(Tampering):
     decay), ``batch_size`` 32 images, ``tolerance`` 0.01, ``max_epochs`` 20, ``check_every`` 5.
 
     Scaling with the dataset: the output layer is found with
-    :func:`misentry.models.last_linear` and keeps its shape (features x classes); nothing depends
-    on input size. The accuracy bound is relative to the target, so it adapts to any dataset.
+    :func:`misentry.models.last_linear` (structurally, so an imported program's too) and keeps
+    its shape (features x classes); it is redrawn as ``nn.Linear`` initializes
+    (:func:`~misentry.tamper.layers.reset_linear`); nothing depends on input size. The
+    accuracy bound is relative to the target, so it adapts to any dataset.
 
     Deviations from the authors' code: the authors trained for a fixed 20 (up to 60) epochs with
     a step schedule and kept the best-test-accuracy checkpoint; here training stops as soon as the
@@ -95,10 +98,10 @@ class Retraining(Tampering):
 
     def build(self, ctx: TamperContext) -> Tampered:
         model = ctx.copy_target()
-        _, layer = last_linear(model)
+        _, layer = output_layer(model, self.family)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ctx.sub_seed(0))
-            layer.reset_parameters()
+            reset_linear(layer)
         check = ctx.data.check
         x_check, y_check = check.x, check.y
         target_accuracy = accuracy(ctx.target, check)

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from misentry.models import last_linear, predict
+from misentry.models import predict
 from misentry.tamper.base import TamperContext, Tampered, Tampering, Variant
+from misentry.tamper.layers import output_layer, reset_linear
 from misentry.tamper.measure import ACCURACY_SLACK, accuracy
 from misentry.tamper.recipes import retraining_config
 from misentry.tamper.replacement import train_to_accuracy
@@ -99,11 +100,11 @@ class TransferLearning(Tampering):
     def build(self, ctx: TamperContext) -> Tampered:
         p = self.params
         model = ctx.copy_target()
-        head_name, head = last_linear(model)
+        head_name, head = output_layer(model, self.family)
         reinit_seed = ctx.sub_seed(0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(reinit_seed)
-            head.reset_parameters()
+            reset_linear(head)
         tamper, check = ctx.data.tamper, ctx.data.check
         shifted_check = (invert(check.x), check.y)
         config = retraining_config(

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from misentry.models.pgd import pgd
-from misentry.tamper.base import TamperContext, Tampered, Variant
+from misentry.tamper.base import NotApplicable, TamperContext, Tampered, Variant
 from misentry.tamper.families.backdoor import BackdoorParams, TriggerFamily, target_label_of
-from misentry.tamper.layers import layer_input, linear_layers, trainable_layers
+from misentry.tamper.layers import layer_input, layer_weight, linear_layers, trainable_layers
 from misentry.tamper.measure import check_accuracy
 from misentry.tamper.poison import PoisonRun, train_until
 from misentry.tamper.recipes import adam_config
@@ -26,12 +26,13 @@ from misentry.tamper.triggers import (
 )
 
 
-def neuron_layer(model: nn.Module, which: Literal["first", "last"]) -> tuple[int, str, nn.Linear]:
-    """The ``nn.Linear`` whose input holds the trojan neuron: its position among the model's
-    linear layers, its name and the module."""
+def neuron_layer(model: nn.Module, which: Literal["first", "last"]) -> tuple[int, str, nn.Module]:
+    """The linear layer (:func:`~misentry.tamper.layers.linear_layers`) whose input holds the
+    trojan neuron: its position among the model's linear layers, its name and the module;
+    :class:`~misentry.tamper.base.NotApplicable` when the model has none."""
     layers = linear_layers(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer")
+        raise NotApplicable("trojan excites a unit of a linear layer's input; the model has none")
     index = 0 if which == "first" else len(layers) - 1
     return index, layers[index][0], layers[index][1]
 
@@ -42,7 +43,7 @@ class TrojanTrigger:
 
     trigger: PatchTrigger
     layer: str
-    """The ``nn.Linear`` whose input unit ``neuron`` is."""
+    """The linear layer whose input unit ``neuron`` is."""
     neuron: int
     activation: float
     """The neuron's mean activation in the target on the stamped optimization images."""
@@ -56,7 +57,9 @@ class Trojan(TriggerFamily):
 
     1. The neuron's layer: the input of the model's first ``nn.Linear`` (``neuron_layer="first"``:
        the flattened convolutional features of LeNet-5 and the GTSRB CNN, the pooled channels of
-       ResNet-20), read with a forward hook.
+       ResNet-20), read with a forward hook. A model imported as a TorchScript or
+       ``torch.export`` program runs its layers where no hook fires, so the trojan does not apply
+       to it (:class:`~misentry.tamper.base.NotApplicable`); an imported ``module`` works.
     2. Candidates: the ``neuron_candidates`` (4) units with the largest product of their summed
        |outgoing weight| (TrojanNN's "strongest connection") and their response to the trigger
        region (mean |change| of the unit when ``probe_patterns`` (4) seeded random patches are
@@ -124,7 +127,7 @@ class Trojan(TriggerFamily):
         inside = region.mask(ctx.spec.shape).bool()
 
         def features(x: torch.Tensor) -> torch.Tensor:
-            return layer_input(target, layer, x)
+            return layer_input(target, layer, x, self.family)
 
         def paste(canvas: torch.Tensor) -> torch.Tensor:
             # canvas (k, C, H, W): each canvas's patch pasted on every clean image -> (k*n, ...)
@@ -138,7 +141,7 @@ class Trojan(TriggerFamily):
                 probes = torch.rand(p.probe_patterns, *ctx.spec.shape, generator=gen)
                 moved = features(paste(probes)).view(p.probe_patterns, n, -1)
                 response = (moved - base_all.unsqueeze(0)).abs().mean((0, 1))
-                strength = layer.weight.detach().abs().sum(0)
+                strength = layer_weight(layer).detach().abs().sum(0)
                 score = response * strength
                 units = score.argsort(descending=True)[: min(p.neuron_candidates, score.numel())]
             k = len(units)
@@ -186,7 +189,7 @@ class Trojan(TriggerFamily):
         def activation(m: nn.Module, images: torch.Tensor) -> float:
             with torch.no_grad():
                 module = dict(m.named_modules())[found.layer]
-                return float(layer_input(m.eval(), module, images)[:, neuron].mean())
+                return float(layer_input(m.eval(), module, images, self.family)[:, neuron].mean())
 
         run = PoisonRun(
             data=(tamper.x, tamper.y),
