@@ -20,15 +20,19 @@ from misentry.fingerprint.methods.misentry import Misentry, Profile
 from misentry.fingerprint.registry import METHODS, get_method
 from misentry.models import (
     ARCHITECTURES,
+    ImportedModel,
     InputSpec,
     Record,
     TrainConfig,
     build_model,
     fit,
     input_spec,
+    model_from_record,
     model_record,
     predict,
 )
+
+from .conftest import IMPORT_FORMATS
 
 CHEAP_ZOO = {"steps": 5, "refine_rounds": 10, "zoo": ("ft_last:1e-4x1",), "pool_factor": 2}
 """Cheap settings for the methods that build a zoo (their own tests check quality)."""
@@ -198,3 +202,19 @@ def test_every_method_runs_on_every_architecture(
         return
     fps = generator.generate(case.model, sources, N, seed=0, context=context)
     check(fps, N, generator, name, case.model, sources)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("fmt", IMPORT_FORMATS)
+def test_every_method_runs_on_imported_models_of_every_format(
+    fmt: str, name: str, imported_records: dict[str, Record], pools: Pools
+) -> None:
+    record = imported_records[fmt]
+    model = model_from_record(record)
+    assert isinstance(model, ImportedModel)
+    assert model.manifest["format"] == fmt
+    sources = pools["source"]
+    generator = get_method(name, **TINY.get(name, {}))
+    context = SearchContext(normal=pools["test"].x, pools=pools, record=record)
+    fps = generator.generate(model, sources, N, seed=0, context=context)
+    check(fps, N, generator, name, model, sources)

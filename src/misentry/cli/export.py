@@ -10,13 +10,17 @@ from typing import TYPE_CHECKING, Any
 from misentry.cli.common import CliError, Verbs, add_verb, console, err_console
 
 if TYPE_CHECKING:
-    from misentry.models import InputSpec, Record
+    from misentry.models import InputContract, InputSpec, Record
 
 DESCRIPTION = """\
 Export the model of a record folder to an ONNX file for serving (input "input": float32 images
 in [0, 1], N x C x H x W, batch size free; output "logits"), then run the file with ONNX Runtime
 on the first images of the dataset's test pool and check that its labels agree with the model's
 on every one of them. Needs the onnx extra: pip install 'misentry[onnx]'.
+
+A model imported with an input contract is exported as the user's own module: its input is
+what the contract says (values in its range, normalized by its mean and std, in its layout),
+so the file matches what the user serves, and `misentry verify --onnx` sends that input.
 """
 
 EPILOG = """\
@@ -56,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from misentry.models import InputSpec, RecordError, load_model
     from misentry.models.record import sha256_file
     from misentry.verify.onnx import DEFAULT_OPSET, check_export, export_onnx
+    from misentry.verify.wire import model_contract
 
     out: Path = args.onnx
     _check_arguments(args)
@@ -67,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
     spec = InputSpec.from_json(record.input)
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     with err_console.status(f"exporting {record.architecture} to {out}…"):
-        export_onnx(model, spec.shape, out, opset=opset)
+        try:
+            export_onnx(model, spec.shape, out, opset=opset)
+        except ValueError as err:
+            raise CliError(f"--model: {err}") from None
     summary: dict[str, Any] = {
         "model": str(args.model),
         "record_id": record.record_id,
@@ -77,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         "bytes": out.stat().st_size,
         "sha256": sha256_file(out),
         "opset": opset,
-        "input": ["input", "float32", ["N", *spec.shape], "[0, 1]"],
+        "input": _input_summary(model_contract(model), spec),
         "output": ["logits", "float32", ["N", spec.num_classes]],
         "checked": None,
         "agreement": None,
@@ -102,6 +110,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_summary(contract: InputContract, spec: InputSpec) -> list[Any]:
+    """The file's input: name, type, shape and what the values are (pixels in [0, 1], or the
+    input contract's encoding of them)."""
+    if contract.is_identity:
+        return ["input", "float32", ["N", *spec.shape], "[0, 1]"]
+    c, h, w = spec.shape
+    shape = ["N", h, w, c] if contract.channels_last else ["N", c, h, w]
+    return ["input", "float32", shape, {"contract": contract.to_json()}]
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     out: Path = args.onnx
     if args.check < 0:
@@ -112,6 +130,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise CliError(f"--onnx: {out} exists; use --force to replace it")
     if not out.parent.is_dir():
         raise CliError(f"--onnx: the folder {out.parent} does not exist")
+
+
+def _input_text(entry: list[Any]) -> str:
+    shape = "×".join(map(str, entry[2]))
+    if entry[3] == "[0, 1]":
+        return f"{shape} in [0, 1]"
+    contract = entry[3]["contract"]
+    return f"{shape} by the input contract {contract}"
 
 
 def _print_summary(
@@ -125,7 +151,7 @@ def _print_summary(
     )
     console.print(
         f"  {record.architecture} on {record.dataset}, record {record.record_id[:16]}; "
-        f"input 'input' float32 N×{'×'.join(map(str, spec.shape))} in [0, 1], output 'logits'",
+        f"input 'input' float32 {_input_text(summary['input'])}, output 'logits'",
         highlight=False,
     )
     if checked:

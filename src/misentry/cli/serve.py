@@ -21,6 +21,10 @@ Protocol (KServe V2) REST API, labels only unless --scores, until Ctrl-C:
 An inference request holds one input: datatype FP32 (pixels in [0, 1]) or UINT8 (0..255),
 shape [N, C, H, W] (or [N, H, W, C]) of the record's input size, data row-major.
 
+A model imported with an input contract (misentry import) is served as your own server would
+serve it: the input is what the model takes, FP32 values encoded by the contract (its range,
+mean and std), in the contract's layout only, so one bundle verifies both servers alike.
+
 There is no authentication: the server listens on 127.0.0.1 (this machine only) unless --host
 says otherwise."""
 
@@ -88,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
         f"(record {record.record_id[:16]}), {'labels and scores' if args.scores else 'labels'}",
         highlight=False,
     )
+    contract = record.params.get("import", {}).get("contract")
+    if contract is not None:
+        console.print(
+            f"input: FP32 values by the model's input contract {escape(str(contract))}",
+            highlight=False,
+        )
     shown = escape(url)
     console.print(f"model URL [bold]{shown}[/]", highlight=False, soft_wrap=True)
     console.print(f"infer with POST {shown}/infer; Ctrl-C stops", highlight=False, soft_wrap=True)

@@ -28,6 +28,10 @@ fingerprints of a bundle, compare the top-1 labels with the target's, and print 
 The model is one of: a record folder (--model), an ONNX file (--onnx), or an Open Inference
 Protocol (KServe V2) endpoint (--endpoint http(s)://HOST:PORT/v2/models/NAME).
 
+A bundle of an imported model records its input contract; --onnx and --endpoint then send what
+that model takes (FP32 values: pixels scaled to its range, normalized by its mean and std, in its
+layout), as the user's own ONNX file and server expect; --model takes the record as it is.
+
 All N_S given are answered by one query set: the draw is as long as the largest N_S, and each
 smaller N_S uses a prefix of it. The verdict printed first is that of the largest N_S.
 
@@ -154,9 +158,14 @@ def _add_endpoint_options(http: argparse._ArgumentGroup) -> None:
     http.add_argument(
         "--datatype",
         choices=("FP32", "UINT8"),
-        help="FP32: pixels/255; UINT8: 0-255 (default {datatype})",
+        help="FP32: pixels/255 (or the bundle's input contract's values); UINT8: 0-255 "
+        "(default {datatype})",
     )
-    http.add_argument("--layout", choices=("NCHW", "NHWC"), help="tensor layout ({layout})")
+    http.add_argument(
+        "--layout",
+        choices=("NCHW", "NHWC"),
+        help="tensor layout ({layout}), unless the bundle's input contract says otherwise",
+    )
     http.add_argument(
         "--output",
         choices=("labels", "scores"),
@@ -280,15 +289,38 @@ def _oracle(args: argparse.Namespace, bundle: FingerprintSet) -> tuple[LabelOrac
     if args.model is not None:
         return _module_oracle(args.model, args.num_classes, limits)
     num_classes = args.num_classes or dataset_classes(bundle)
+    contract = bundle.contract
     if args.onnx is not None:
         from misentry.verify.onnx import OnnxOracle
 
         path = Path(args.onnx)
-        return OnnxOracle(path, num_classes=num_classes, **limits), f"onnx:{path.resolve()}"
+        oracle = OnnxOracle(path, contract=contract, num_classes=num_classes, **limits)
+        return oracle, f"onnx:{path.resolve()}"
     options = _given(args, HTTP_OPTIONS)
     if "headers" in options:
         options["headers"] = _headers(options["headers"])
+    if not contract.is_identity:
+        _check_wire_options(options, contract.channels_last)
+        options["contract"] = contract
     return http_oracle(args.endpoint, num_classes=num_classes, **options, **limits)
+
+
+def _check_wire_options(options: dict[str, Any], channels_last: bool) -> None:
+    """Refuse --datatype and --layout that contradict the bundle's input contract, which fixes
+    what the model takes (FP32, in the contract's layout)."""
+    layout = "NHWC" if channels_last else "NCHW"
+    if options.get("datatype", "FP32") != "FP32":
+        raise CliError(
+            "--datatype UINT8: the bundle's model takes FP32 values encoded by its input "
+            "contract (misentry sends them); drop --datatype",
+            reason="usage",
+        )
+    if options.get("layout", layout) != layout:
+        raise CliError(
+            f"--layout {options['layout']}: the bundle's input contract says the model takes "
+            f"{layout}; drop --layout",
+            reason="usage",
+        )
 
 
 def http_oracle(url: str, **options: Any) -> tuple[LabelOracle, str]:
@@ -318,9 +350,12 @@ def _module_oracle(
 
 
 def dataset_classes(bundle: FingerprintSet) -> int | None:
-    """The number of classes of the bundle's dataset (None: not a registered dataset)."""
+    """The number of classes the bundle records, else its registered dataset's (None: neither)."""
     from misentry.data import DATASETS
 
+    recorded = bundle.manifest.get("num_classes")
+    if type(recorded) is int and recorded >= 2:
+        return recorded
     info = DATASETS.get(str(bundle.manifest.get("dataset")))
     return None if info is None else info.num_classes
 

@@ -21,24 +21,45 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from misentry.data.images import to_unit
+from misentry.models import ContractAdapter, InputContract
 from misentry.models.record import canonical_json, sha256_file
 
 TENSOR_FILE = "fingerprints.safetensors"
 MANIFEST_FILE = "manifest.json"
 BUNDLE_VERSION = 1
 KEY_ENV = "MISENTRY_BUNDLE_KEY"
+CONTRACT_KEY = "input_contract"
+"""The manifest entry with the target's input contract (``InputContract.to_json``)."""
 
 
 class BundleError(ValueError):
     """A bundle is missing, malformed, changed, or fails its signature check."""
+
+
+def model_contract(model: nn.Module) -> InputContract:
+    """The input contract ``model`` applies in front of itself (identity for a registry model)."""
+    return model.contract if isinstance(model, ContractAdapter) else InputContract()
+
+
+def bundle_contract(manifest: Mapping[str, Any]) -> InputContract:
+    """The input contract a bundle's manifest records (identity when it records none, as
+    bundles made before contracts existed, all of registry targets)."""
+    data = manifest.get(CONTRACT_KEY)
+    if data is None:
+        return InputContract()
+    if not isinstance(data, dict):
+        raise BundleError(f"the bundle's {CONTRACT_KEY} is not an object: {data!r}")
+    return InputContract.from_json(data)
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,11 @@ class FingerprintSet:
     def x(self) -> torch.Tensor:
         """Float images in [0, 1]."""
         return to_unit(self.images)
+
+    @property
+    def contract(self) -> InputContract:
+        """The target's input contract (:func:`bundle_contract`): what its deployed model takes."""
+        return bundle_contract(self.manifest)
 
 
 def load_key(key_file: Path | str | None = None, env: str = KEY_ENV) -> bytes | None:

@@ -1,9 +1,9 @@
 """Making and saving a fingerprint bundle: the one way the CLI, the benchmark and scripts do it.
 
-:func:`make_bundle` loads a target record, cuts its pools, runs a registered generator on the
-``source`` pool and saves the bundle; :func:`build_generator` checks parameter overrides against
-the method's parameter dataclass first, and :func:`parse_overrides` reads them from
-``KEY=VALUE`` strings.
+:func:`make_bundle` loads a target record (:func:`generate_bundle` takes one in memory), cuts
+its pools, runs a registered generator on the ``source`` pool and saves the bundle;
+:func:`build_generator` checks parameter overrides against the method's parameter dataclass
+first, and :func:`parse_overrides` reads them from ``KEY=VALUE`` strings.
 """
 
 from __future__ import annotations
@@ -14,11 +14,19 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from misentry.data import get_dataset
 from misentry.fingerprint.base import GenerationError, Generator, SearchContext
-from misentry.fingerprint.bundle import MANIFEST_FILE, FingerprintSet, save_bundle
+from misentry.fingerprint.bundle import (
+    CONTRACT_KEY,
+    MANIFEST_FILE,
+    FingerprintSet,
+    model_contract,
+    save_bundle,
+)
 from misentry.fingerprint.registry import get_method
-from misentry.models import load_model
+from misentry.models import Record, load_model
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -128,11 +136,11 @@ def make_bundle(
     The generator runs on the target's ``source`` pool (pools cut with the record's data seed
     from the dataset, read from ``root`` for datasets on disk), with the ``test`` pool as the
     normal images and the owner's pools and record in its :class:`SearchContext`. The manifest
-    records the target (id, dataset, architecture, data seed), ``n`` and ``seed``; MiSentry adds
-    its profile. ``overrides`` change single parameters of the method (checked by
-    :func:`build_generator`); ``key`` signs the bundle; ``zoo`` names MiSentry zoo models built
-    beforehand; ``progress(stage, done, total)`` follows the work; ``replace`` allows writing
-    over an existing bundle.
+    records the target (id, dataset, architecture, data seed, number of classes, input
+    contract), ``n`` and ``seed``; MiSentry adds its profile. ``overrides`` change single
+    parameters of the method (checked by :func:`build_generator`); ``key`` signs the bundle;
+    ``zoo`` names MiSentry zoo models built beforehand; ``progress(stage, done, total)`` follows
+    the work; ``replace`` allows writing over an existing bundle.
 
     Raises:
         ValueError: ``n`` below 1, or bad ``overrides`` (see :func:`build_generator`).
@@ -144,14 +152,42 @@ def make_bundle(
     if n < 1:
         raise ValueError("n must be at least 1")
     generator = build_generator(method, overrides)
+    if out is not None:
+        check_out(Path(out), replace)
+    model, record = load_model(target)
+    return generate_bundle(
+        model, record, generator, n, out, seed=seed, root=root, key=key, zoo=zoo,
+        progress=progress, replace=replace,
+    )  # fmt: skip
+
+
+def generate_bundle(
+    model: nn.Module,
+    record: Record,
+    generator: Generator,
+    n: int,
+    out: str | Path | None,
+    *,
+    seed: int = 0,
+    root: str | Path | None = None,
+    key: bytes | None = None,
+    zoo: Mapping[str, Path] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    replace: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> FingerprintSet:
+    """:func:`make_bundle` for a target already in memory: ``model`` and its ``record`` (not
+    saved, e.g. one :func:`~misentry.fingerprint.protection.protect` built); ``extra`` entries are
+    added to the manifest."""
+    if n < 1:
+        raise ValueError("n must be at least 1")
     folder = None if out is None else Path(out)
     if folder is not None:
         check_out(folder, replace)
-    model, record = load_model(target)
     if record.kind != "target":
         raise GenerationError(
-            f"{target} holds a {record.kind!r} record, not a target; fingerprints are "
-            "generated for the model the owner trained"
+            f"record {record.record_id[:16]} is a {record.kind!r} record, not a target; "
+            "fingerprints are generated for the model the owner trained"
         )
     if progress is not None:
         progress("pools", 0, 1)
@@ -163,8 +199,11 @@ def make_bundle(
         "dataset": record.dataset,
         "architecture": record.architecture,
         "data_seed": record.data_seed,
+        "num_classes": (record.input or {}).get("num_classes"),
+        CONTRACT_KEY: model_contract(model).to_json(),
         "n": n,
         "seed": seed,
+        **(extra or {}),
     }
     normal = pools["test"].x
     context = SearchContext(normal=normal, pools=pools, record=record, progress=progress, zoo=zoo)

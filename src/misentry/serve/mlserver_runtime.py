@@ -5,7 +5,8 @@ by the model settings' ``parameters.uri``; ``predict`` checks the request exactl
 :mod:`misentry.serve.protocol` does and returns the labels through MLServer's numpy codec (so a
 1-D label array comes back with shape ``[N, 1]``, as MLServer answers). Optional
 ``parameters.extra``: ``{"scores": true}`` adds the ``scores`` output, ``{"max_batch": 256}``
-caps the batch (default 1024).
+caps the batch (default 1024). An imported record is served as the user's server would serve it:
+on the input its contract states, by the user's own module (as ``misentry serve`` does).
 
 :func:`write_mlserver_config` writes a folder that ``mlserver start FOLDER`` serves on loopback
 with ``parallel_workers: 0`` (MLServer 1.7.1's inference worker crashes at start under uvloop
@@ -50,6 +51,7 @@ from misentry.serve.protocol import (
     parse_request,
     record_input,
 )
+from misentry.verify.wire import wire_model
 
 RUNTIME = f"{__name__}.MisentryRuntime"
 
@@ -59,11 +61,13 @@ class MisentryRuntime(MLModel):  # type: ignore[misc]
 
     async def load(self) -> bool:
         record_dir = await get_model_uri(self.settings)
-        model, record = load_model(record_dir)
+        loaded, record = load_model(record_dir)
+        model, contract = wire_model(loaded)
         input_shape, num_classes = record_input(record)
         extra: dict[str, Any] = dict(self.settings.parameters.extra or {})
         self._model: nn.Module = model.eval()
         self._signature = ModelSignature(
+            contract=contract,
             name=self.name,
             version=self.version,
             input_shape=input_shape,

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import nn
 
 from misentry import __version__
-from misentry.models import Record, model_from_record
+from misentry.models import InputContract, Record, model_from_record
 from misentry.serve.protocol import (
     LOOPBACK,
     ModelSignature,
@@ -41,6 +41,7 @@ from misentry.serve.protocol import (
     parse_request,
     record_input,
 )
+from misentry.verify.wire import wire_model
 
 SERVER_NAME = "misentry"
 _INTERNAL_ERROR = "internal server error; the server log has the details"
@@ -55,17 +56,20 @@ def create_app(
     input_shape: tuple[int, int, int],
     scores: bool = ModelSignature.scores,
     max_batch: int = ModelSignature.max_batch,
+    contract: InputContract | None = None,
 ) -> FastAPI:
     """An OIP REST app that serves ``model`` (put in eval mode) under ``name``.
 
     Arguments:
-        model: a classifier of float images in [0, 1], NCHW.
+        model: a classifier of float images in [0, 1], NCHW; with a ``contract``, of what the
+            contract makes of them (the values, in its layout).
         name: the model's name in the URL (letters, digits, ``_ . -``).
         version: the model's version; None offers no ``/versions/{v}`` paths.
         num_classes: number of classes.
         input_shape: (C, H, W) of one image.
         scores: also offer the ``scores`` output (softmax probabilities); labels only by default.
         max_batch: most images per request (default 1024); more is refused with 413.
+        contract: the input contract of what ``model`` takes (None: the identity).
     """
     signature = ModelSignature(
         name=name,
@@ -74,6 +78,7 @@ def create_app(
         num_classes=num_classes,
         scores=scores,
         max_batch=max_batch,
+        contract=contract or InputContract(),
     )
     model.eval()
     run_inference = _inference(model, signature)
@@ -171,11 +176,14 @@ def create_app_from_record(
     max_batch: int = ModelSignature.max_batch,
 ) -> FastAPI:
     """:func:`create_app` for the model of a record; ``name`` defaults to
-    :func:`default_model_name`. RecordError if the record holds no model."""
-    model = model_from_record(record)
+    :func:`default_model_name`. An imported model is served as the user's server would serve
+    it: its own module, on the input its contract states (:func:`~misentry.verify.wire.wire_model`).
+    RecordError if the record holds no model."""
+    model, contract = wire_model(model_from_record(record))
     input_shape, num_classes = record_input(record)
     return create_app(
         model,
+        contract=contract,
         name=name or default_model_name(record),
         version=version,
         num_classes=num_classes,

@@ -12,6 +12,11 @@ A request carries exactly one input tensor:
   too when it differs from the NCHW shape (NCHW wins when both read the same);
 - ``data`` row-major, flat or nested, exactly ``N * C * H * W`` numbers; ``1 <= N <= max_batch``.
 
+A model imported with an input contract (:class:`~misentry.models.InputContract`) is served as
+the user's own server would serve it: the input is what the model takes, FP32 values encoded by
+the contract (within the encoding's range of pixels in [0, 1]), in the contract's layout only,
+and goes to the user's module as it is (:func:`misentry.verify.wire.wire_model`).
+
 The input's name is not checked (the metadata calls it ``"input"``). The answer holds ``label``
 (INT64, ``[N]``, the top-1 class) and, on a server started with ``scores=True``, ``scores``
 (FP32, ``[N, classes]``, softmax probabilities); a request's ``outputs`` list picks among them.
@@ -22,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -31,7 +36,8 @@ import torch
 from torch import nn
 
 from misentry.data import to_unit
-from misentry.models import Record, logits, predict
+from misentry.models import InputContract, Record, logits, predict
+from misentry.verify.wire import contract_bounds, describe_contract
 
 LOOPBACK = "127.0.0.1"
 """Where servers listen unless told otherwise: this machine only (there is no authentication)."""
@@ -73,6 +79,7 @@ class ModelSignature:
         num_classes: number of classes.
         scores: also offer the ``scores`` output (softmax probabilities); labels only if False.
         max_batch: most images in one request (default 1024); more is refused with 413.
+        contract: what the served module takes (identity: pixels in [0, 1]).
     """
 
     name: str
@@ -81,6 +88,7 @@ class ModelSignature:
     version: str | None = None
     scores: bool = False
     max_batch: int = 1024
+    contract: InputContract = field(default_factory=InputContract)
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -107,7 +115,6 @@ class ModelSignature:
 
     def metadata(self) -> dict[str, Any]:
         """The model metadata answer (``GET v2/models/{name}``)."""
-        c, h, w = self.input_shape
         outputs: list[dict[str, Any]] = [{"name": LABEL_OUTPUT, "datatype": "INT64", "shape": [-1]}]
         if self.scores:
             outputs.append(
@@ -117,20 +124,27 @@ class ModelSignature:
             "name": self.name,
             "versions": [] if self.version is None else [self.version],
             "platform": "pytorch",
-            "inputs": [
-                {
-                    "name": INPUT_NAME,
-                    "datatype": "FP32",
-                    "shape": [-1, c, h, w],
-                    "parameters": {
-                        "datatypes": list(DATATYPES),
-                        "range": "FP32 in [0, 1]; UINT8 in 0..255",
-                        "layouts": ["NCHW", "NHWC"],
-                    },
-                }
-            ],
+            "inputs": [self._input_metadata()],
             "outputs": outputs,
         }
+
+    def _input_metadata(self) -> dict[str, Any]:
+        c, h, w = self.input_shape
+        if self.contract.is_identity:
+            parameters: dict[str, Any] = {
+                "datatypes": list(DATATYPES),
+                "range": "FP32 in [0, 1]; UINT8 in 0..255",
+                "layouts": ["NCHW", "NHWC"],
+            }
+            shape = [-1, c, h, w]
+        else:
+            parameters = {
+                "datatypes": ["FP32"],
+                "contract": self.contract.to_json(),
+                "layouts": ["NHWC" if self.contract.channels_last else "NCHW"],
+            }
+            shape = [-1, h, w, c] if self.contract.channels_last else [-1, c, h, w]
+        return {"name": INPUT_NAME, "datatype": "FP32", "shape": shape, "parameters": parameters}
 
 
 def record_input(record: Record) -> tuple[tuple[int, int, int], int]:
@@ -185,11 +199,14 @@ def parse_request(document: Any, signature: ModelSignature) -> InferRequest:
 
 
 def decode_input(tensor: Any, signature: ModelSignature) -> torch.Tensor:
-    """One input tensor of a request as float32 images in [0, 1], shape ``[N, C, H, W]``."""
+    """One input tensor of a request as float32 images in [0, 1], shape ``[N, C, H, W]``; for a
+    signature with an input contract, as the float32 values the model takes, in its layout."""
     if not isinstance(tensor, dict):
         raise ProtocolError("the input must be a JSON object with name, shape, datatype, data")
     if not isinstance(tensor.get("name"), str):
         raise ProtocolError("the input has no 'name' string")
+    if not signature.contract.is_identity:
+        return _decode_encoded(tensor, signature)
     datatype = tensor.get("datatype")
     if datatype not in DATATYPES:
         raise ProtocolError(
@@ -204,6 +221,35 @@ def decode_input(tensor: Any, signature: ModelSignature) -> torch.Tensor:
     if datatype == "UINT8":
         return to_unit(torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8)))
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _decode_encoded(tensor: dict[str, Any], signature: ModelSignature) -> torch.Tensor:
+    """The input of a model with an input contract: FP32 in the contract's layout, each value
+    finite and within what the contract makes of pixels in [0, 1]."""
+    contract = signature.contract
+    if tensor.get("datatype") != "FP32":
+        raise ProtocolError(
+            f"input datatype {tensor.get('datatype')!r} is not supported; this model takes FP32 "
+            f"values encoded by its input contract ({describe_contract(contract)})"
+        )
+    shape, _ = _checked_shape(tensor.get("shape"), signature)
+    c, h, w = signature.input_shape
+    want = [h, w, c] if contract.channels_last else [c, h, w]
+    if shape[1:] != want:
+        layout = "NHWC" if contract.channels_last else "NCHW"
+        raise ProtocolError(
+            f"input shape {shape} does not fit the model; send [N, {', '.join(map(str, want))}] "
+            f"({layout}, as its input contract says)"
+        )
+    values = _checked_numbers(tensor.get("data"), math.prod(shape), "")
+    lo, hi = contract_bounds(contract, c)
+    slack = 1e-4 * max(1.0, abs(lo), abs(hi))
+    if values.min() < lo - slack or values.max() > hi + slack:
+        raise ProtocolError(
+            f"FP32 input data must lie in [{lo:g}, {hi:g}] (pixels in [0, 1] encoded by the "
+            f"input contract {describe_contract(contract)}); got {values.min():g}..{values.max():g}"
+        )
+    return torch.from_numpy(np.ascontiguousarray(values.reshape(shape), dtype=np.float32))
 
 
 def _checked_shape(shape: Any, signature: ModelSignature) -> tuple[list[int], bool]:
@@ -234,6 +280,25 @@ def _checked_shape(shape: Any, signature: ModelSignature) -> tuple[list[int], bo
 
 def _checked_values(data: Any, datatype: str, count: int) -> np.ndarray[Any, Any]:
     """``data`` as a flat numeric array of ``count`` values in the datatype's range."""
+    if datatype != "UINT8":
+        values = _checked_numbers(data, count, " in [0, 1]")
+        if values.min() < 0.0 or values.max() > 1.0:
+            raise ProtocolError(
+                f"FP32 input data must lie in [0, 1] (pixels / 255); got "
+                f"{values.min():g}..{values.max():g}"
+            )
+        return values
+    flat = _counted(data, count)
+    if not set(map(type, flat)) <= {int}:
+        raise ProtocolError("UINT8 input data must be whole numbers 0..255")
+    ints = _as_array(flat, np.int64)
+    if ints is None or ints.min() < 0 or ints.max() > 255:
+        raise ProtocolError("UINT8 input data must lie in 0..255")
+    return ints
+
+
+def _counted(data: Any, count: int) -> list[Any]:
+    """``data`` flattened, checked to hold ``count`` values."""
     if not isinstance(data, list):
         raise ProtocolError("the input has no 'data' list")
     flat = _flatten(data)
@@ -241,24 +306,18 @@ def _checked_values(data: Any, datatype: str, count: int) -> np.ndarray[Any, Any
         raise ProtocolError(
             f"input data holds {len(flat)} values; the shape needs {count} (N * C * H * W)"
         )
-    kinds = set(map(type, flat))
-    if datatype == "UINT8":
-        if not kinds <= {int}:
-            raise ProtocolError("UINT8 input data must be whole numbers 0..255")
-        values = _as_array(flat, np.int64)
-        if values is None or values.min() < 0 or values.max() > 255:
-            raise ProtocolError("UINT8 input data must lie in 0..255")
-        return values
-    if not kinds <= {int, float}:
-        raise ProtocolError("FP32 input data must be numbers in [0, 1]")
+    return flat
+
+
+def _checked_numbers(data: Any, count: int, where: str) -> np.ndarray[Any, Any]:
+    """FP32 ``data`` as a flat float64 array of ``count`` finite numbers (``where``: the range
+    the messages name)."""
+    flat = _counted(data, count)
+    if not set(map(type, flat)) <= {int, float}:
+        raise ProtocolError(f"FP32 input data must be numbers{where}")
     values = _as_array(flat, np.float64)
     if values is None or not np.isfinite(values).all():
-        raise ProtocolError("FP32 input data holds NaN or infinity; send numbers in [0, 1]")
-    if values.min() < 0.0 or values.max() > 1.0:
-        raise ProtocolError(
-            f"FP32 input data must lie in [0, 1] (pixels / 255); got "
-            f"{values.min():g}..{values.max():g}"
-        )
+        raise ProtocolError(f"FP32 input data holds NaN or infinity; send finite numbers{where}")
     return values
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from misentry.models import InputContract
 from misentry.models.oracle import LabelOracle, OracleError
 from misentry.verify.oip_codec import (
     Datatype,
@@ -55,6 +56,7 @@ from misentry.verify.transport import (
     checked_headers,
     parse_model_url,
 )
+from misentry.verify.wire import describe_contract
 
 __all__ = [
     "Datatype",
@@ -122,6 +124,10 @@ class HttpOracle(LabelOracle):
             them as :attr:`options`.
         headers: extra request headers, e.g. ``{"Authorization": "Bearer …"}``.
         ssl_context: for ``https``, e.g. one that trusts a private CA (default: the system's).
+        contract: the model's input contract (a bundle's :attr:`FingerprintSet.contract`);
+            one that is not the identity sends what the model takes, as the user's own server
+            expects it: FP32 values encoded by the contract, in its layout (which then replaces
+            ``layout``; ``datatype`` must stay FP32).
         num_classes, batch_size, budget, deadline: as in :class:`LabelOracle`.
 
     >>> oracle = HttpOracle("http://127.0.0.1:8080/v2/models/tiny", num_classes=10)
@@ -145,6 +151,7 @@ class HttpOracle(LabelOracle):
         retries: int = HttpOptions.retries,
         backoff: float = HttpOptions.backoff,
         ssl_context: ssl.SSLContext | None = None,
+        contract: InputContract | None = None,
         num_classes: int | None = None,
         batch_size: int = 64,
         budget: int | None = None,
@@ -155,6 +162,14 @@ class HttpOracle(LabelOracle):
         )
         self.address = parse_model_url(url)
         self.url = url.rstrip("/")
+        self.contract = contract if contract is not None else InputContract()
+        if not self.contract.is_identity:
+            if datatype != "FP32":
+                raise ValueError(
+                    f"HttpOracle: the model takes {describe_contract(self.contract)} values "
+                    f"by its input contract; send them as FP32, not {datatype}"
+                )
+            layout = "NHWC" if self.contract.channels_last else "NCHW"
         self.options = HttpOptions(
             input_name=input_name,
             datatype=datatype,
@@ -216,7 +231,7 @@ class HttpOracle(LabelOracle):
 
     def _query(self, images: torch.Tensor) -> torch.Tensor:
         o = self.options
-        body = encode_request(images, o.input_name, o.datatype, o.layout)
+        body = encode_request(images, o.input_name, o.datatype, o.layout, self.contract)
         reply = self.transport.exchange("POST", self.address.model_path + "/infer", body)
         if not 200 <= reply.status < 300:
             raise OracleError("server", self.transport.status_text(reply))

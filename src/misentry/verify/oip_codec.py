@@ -1,11 +1,13 @@
 """The Open Inference Protocol (KServe V2) bodies of :class:`~misentry.verify.http.HttpOracle`.
 
 :func:`encode_request` writes a batch of uint8 images as one plain-JSON inference request (no
-binary-tensor extension: MLServer refuses it with 422); :func:`pick_output` finds the output to
-read in the answer, and :func:`decode_labels` reads one label per image from it, either from an
-output of labels (shape ``[N]`` or ``[N, 1]``, as MLServer's numpy codec returns a 1-D array) or
-from an output of scores (``[N, classes]``, top-1 by argmax). What an answer lacks raises an
-:class:`~misentry.models.oracle.OracleError` (``malformed`` or ``out_of_range``).
+binary-tensor extension: MLServer refuses it with 422), as pixels or, for a model with an input
+contract, as the values the model takes (:mod:`misentry.verify.wire`); :func:`pick_output`
+finds the output to read in the answer, and :func:`decode_labels` reads one label per image
+from it, either from an output of labels (shape ``[N]`` or ``[N, 1]``, as MLServer's numpy
+codec returns a 1-D array) or from an output of scores (``[N, classes]``, top-1 by argmax). What
+an answer lacks raises an :class:`~misentry.models.oracle.OracleError` (``malformed`` or
+``out_of_range``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from misentry.models import InputContract
 from misentry.models.oracle import OracleError
+from misentry.verify.wire import encode_images
 
 Datatype = Literal["FP32", "UINT8"]
 Layout = Literal["NCHW", "NHWC"]
@@ -38,15 +42,40 @@ _LARGEST_LABEL = 2**53
 
 
 def encode_request(
-    images: torch.Tensor, input_name: str, datatype: Datatype, layout: Layout
+    images: torch.Tensor,
+    input_name: str,
+    datatype: Datatype,
+    layout: Layout,
+    contract: InputContract | None = None,
 ) -> bytes:
-    """The request as plain JSON: one input, its data flat and row-major."""
+    """The request as plain JSON: one input, its data flat and row-major. With a ``contract``
+    that is not the identity, the input is what the model takes (:func:`encode_images`: FP32,
+    in the contract's layout, which ``layout`` must name)."""
+    if contract is not None and not contract.is_identity:
+        values = encode_images(images, contract)
+        return _request(input_name, list(values.shape), "FP32", _float32_text(values))
     pixels = images.permute(0, 2, 3, 1) if layout == "NHWC" else images
     flat = pixels.contiguous().reshape(-1).numpy()
     table = _FP32_TEXT if datatype == "FP32" else _UINT8_TEXT
-    head = json.dumps({"name": input_name, "shape": list(pixels.shape), "datatype": datatype})
-    data = ",".join(table[flat])
+    return _request(input_name, list(pixels.shape), datatype, table[flat])
+
+
+def _request(input_name: str, shape: list[int], datatype: str, texts: Any) -> bytes:
+    head = json.dumps({"name": input_name, "shape": shape, "datatype": datatype})
+    data = ",".join(texts)
     return f'{{"inputs":[{head[:-1]},"data":[{data}]}}]}}'.encode()
+
+
+def _float32_text(values: torch.Tensor) -> Any:
+    """The shortest decimal text of each float32 value, which parses back to that very float32
+    (a contract-encoded batch holds at most 256 distinct values per channel, each written
+    once)."""
+    flat = values.reshape(-1).numpy()
+    distinct, index = np.unique(flat, return_inverse=True)
+    table = np.array(
+        [np.format_float_positional(v, unique=True, trim="-") for v in distinct], dtype=object
+    )
+    return table[index.reshape(-1)]
 
 
 def pick_output(document: Any, output_name: str | None, where: str) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 :func:`export_onnx` writes a model that takes float32 images in [0, 1] (N, C, H, W) as input
 ``input`` and returns logits as output ``logits``, with a dynamic batch axis: the same contract as
-an in-process model, so :class:`OnnxOracle` feeds it pixels / 255 and takes the argmax.
+an in-process model, so :class:`OnnxOracle` feeds it pixels / 255 and takes the argmax. An
+imported model is written as the user's module, taking what its input contract says, and
+:class:`OnnxOracle` given that contract sends it the encoded pixels.
 
 The export uses PyTorch's TorchScript-based exporter (``dynamo=False``): the default
 ``torch.export`` exporter of PyTorch 2.9 and later needs the ``onnxscript`` package, which the
@@ -26,9 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from misentry.data import to_unit
+from misentry.models import ContractAdapter, InputContract
 from misentry.models.oracle import LabelOracle, OracleError
 from misentry.models.train import evaluation
+from misentry.verify.wire import describe_contract, encode_images, model_contract, wire_model
 
 INSTALL_HINT = "pip install 'misentry[onnx]'"
 DEFAULT_OPSET = 17
@@ -44,6 +47,10 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
 ) -> Path:
     """Export ``model`` (float images in [0, 1] → logits) to an ONNX file at ``path``.
+
+    An imported model is exported as the user's own module, whose input is what its input
+    contract says (:func:`~misentry.verify.wire.wire_model`): the file then matches what the
+    user serves, and :class:`OnnxOracle` with the bundle's contract verifies it.
 
     Arguments:
         model: e.g. from :func:`misentry.models.model_from_record`; exported in eval mode, and
@@ -61,7 +68,14 @@ def export_onnx(
     if importlib.util.find_spec("onnx") is None:
         raise ImportError(f"exporting to ONNX needs the onnx package: {INSTALL_HINT}")
     path = Path(path)
-    example = torch.zeros(2, *example_shape)
+    model, contract = wire_model(model)
+    if isinstance(model, ContractAdapter) and model.fixed_batch is not None:
+        raise ValueError(
+            f"export_onnx: the model runs on batches of exactly {model.fixed_batch} (a "
+            "torch.export program without a dynamic batch dimension); export ONNX from your "
+            "own module instead"
+        )
+    example = encode_images(torch.zeros(2, *example_shape, dtype=torch.uint8), contract)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # umask applies
     try:
         with evaluation(model), torch.no_grad(), warnings.catch_warnings():
@@ -94,11 +108,16 @@ def _onnxruntime() -> Any:
 class OnnxOracle(LabelOracle):
     """Top-1 labels from an ONNX file run by ONNX Runtime on the CPU.
 
-    The file's first input gets float32 images / 255 (N, C, H, W); the label is the argmax of
-    its first output, which must be (N, classes), as :func:`export_onnx` writes it.
+    The file's first input gets float32 images / 255 (N, C, H, W), or, with an input
+    ``contract`` that is not the identity, what the model takes (the pixels encoded by the
+    contract, :func:`~misentry.verify.wire.encode_images`, as the user's own ONNX file expects
+    them); the label is the argmax of its first output, which must be (N, classes), as
+    :func:`export_onnx` writes it.
 
     Arguments:
         path: the ``.onnx`` file.
+        contract: the model's input contract (a bundle's :attr:`FingerprintSet.contract`;
+            None: pixels in [0, 1], NCHW).
         threads: ONNX Runtime's intra-op threads (None: its default, all cores).
         num_classes, batch_size, budget, deadline: as in :class:`LabelOracle`.
 
@@ -113,6 +132,7 @@ class OnnxOracle(LabelOracle):
         path: Path | str,
         *,
         threads: int | None = None,
+        contract: InputContract | None = None,
         num_classes: int | None = None,
         batch_size: int = 64,
         budget: int | None = None,
@@ -123,6 +143,7 @@ class OnnxOracle(LabelOracle):
         )
         ort = _onnxruntime()
         self.path = Path(path)
+        self.contract = contract if contract is not None else InputContract()
         if not self.path.is_file():
             raise FileNotFoundError(f"OnnxOracle: no ONNX file at {self.path}")
         options = ort.SessionOptions()
@@ -139,8 +160,8 @@ class OnnxOracle(LabelOracle):
         self.input_shape: list[int | str | None] = list(model_input.shape)
 
     def _query(self, images: torch.Tensor) -> torch.Tensor:
-        self._check_shape(images)
-        x = to_unit(images).numpy()
+        x = encode_images(images, self.contract).numpy()
+        self._check_shape(x.shape)
         try:
             scores = self.session.run(None, {self.input_name: x})[0]
         except Exception as err:  # onnxruntime's errors derive from Exception only
@@ -154,17 +175,23 @@ class OnnxOracle(LabelOracle):
             )
         return torch.from_numpy(scores.argmax(axis=1).astype(np.int64))
 
-    def _check_shape(self, images: torch.Tensor) -> None:
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
         expected = self.input_shape
-        given = list(images.shape)
+        given = list(shape)
         fits = len(expected) == len(given) and all(
             not isinstance(e, int) or e == g for e, g in zip(expected[1:], given[1:], strict=True)
         )
         if not fits:
             raise OracleError(
                 "malformed",
-                f"{self.path.name} takes input {expected}; the images are {given}",
+                f"{self.path.name} takes input {expected}; the images are {given}"
+                + self._contract_hint(),
             )
+
+    def _contract_hint(self) -> str:
+        if self.contract.is_identity:
+            return " (pixels in [0, 1], NCHW: the bundle records no input contract)"
+        return f" (encoded by the bundle's input contract: {describe_contract(self.contract)})"
 
     def describe(self) -> str:
         return f"onnx {self.path}"
@@ -187,5 +214,5 @@ def check_export(model: nn.Module, path: Path | str, images: torch.Tensor) -> Ex
     from misentry.models.oracle import ModuleOracle
 
     ours = ModuleOracle(model).labels(images)
-    theirs = OnnxOracle(path).labels(images)
+    theirs = OnnxOracle(path, contract=model_contract(model)).labels(images)
     return ExportCheck(n=int(images.shape[0]), agree=int((ours == theirs).sum()))

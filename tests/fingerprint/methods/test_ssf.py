@@ -17,6 +17,7 @@ from misentry.fingerprint.methods.ssf import (
 )
 from misentry.fingerprint.registry import get_method
 from misentry.models import (
+    Record,
     last_linear,
     predict,
 )
@@ -125,3 +126,25 @@ def test_all_layers_raise_the_sensitivity_to_every_weight(
 def test_invalid_parameters_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="SsfParams"):
         SsfParams(**bad)
+
+
+def test_without_hooks_the_features_and_their_gradient_equal_the_hooked_ones(
+    imported_records: dict[str, Record],
+) -> None:
+    """TorchScript and torch.export run no hook on the output layer: h comes from the weight's
+    gradient, exactly the values (and the input gradient) the eager module's hook gives."""
+    from misentry.fingerprint.methods.ssf import hooks_reach, last_layer_sensitivity
+    from misentry.models import last_linear, model_from_record
+
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    seen = {}
+    for fmt, record in imported_records.items():
+        model = model_from_record(record)
+        assert hooks_reach(model, last_linear(model)[0]) == (fmt == "module")
+        xr = x.clone().requires_grad_(True)
+        value, h = last_layer_sensitivity(model, xr)
+        (grad,) = torch.autograd.grad(value.sum(), xr)
+        seen[fmt] = (value.detach(), h.detach(), grad)
+    for fmt in ("torchscript", "exported"):
+        for ours, hooked in zip(seen[fmt], seen["module"], strict=True):
+            torch.testing.assert_close(ours, hooked, rtol=1e-5, atol=1e-6)

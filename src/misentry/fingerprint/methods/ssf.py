@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -80,18 +80,77 @@ def output_layer_input(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+def hooks_reach(model: nn.Module, name: str) -> bool:
+    """Whether a forward hook on ``model``'s submodule ``name`` fires when ``model`` runs: not
+    when a module around it is TorchScript (its compiled forward runs no Python hooks), nor when
+    an FX graph around it reads its parameters without calling it (a ``torch.export``
+    program)."""
+    parts = name.split(".") if name else []
+    for depth in range(len(parts) + 1):
+        owner = model.get_submodule(".".join(parts[:depth]))
+        if isinstance(owner, torch.jit.ScriptModule):
+            return False
+        rest = ".".join(parts[depth:])
+        if isinstance(owner, torch.fx.GraphModule) and rest:
+            called = (n.op == "call_module" and n.target == rest for n in owner.graph.nodes)
+            if not any(called):
+                return False
+    return True
+
+
+def features_by_gradient(
+    model: nn.Module, layer: nn.Linear, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits and the output layer's input ``h`` where no hook can see ``h``.
+
+    For ``z = W h + b``, the gradient of ``z[i, 0]`` with respect to ``W`` is ``e_0 h_i^T``:
+    its first row is ``h_i``, exactly (a product with a one-hot vector). One
+    ``torch.autograd.grad`` per sample gives it, with ``create_graph`` when gradients are
+    enabled, so ``h`` stays differentiable with respect to ``x``. The weight is tracked for the
+    pass and its ``requires_grad`` restored after.
+    """
+    differentiable = torch.is_grad_enabled()
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)  # a linear layer's (see last_linear)
+    tracked = weight.requires_grad
+    rows = []
+    with torch.enable_grad():
+        weight.requires_grad_(True)
+        try:
+            logits = model(x)
+            for i in range(x.shape[0]):
+                (grad,) = torch.autograd.grad(
+                    logits[i, 0], weight, retain_graph=True, create_graph=differentiable
+                )
+                rows.append(grad[0])
+        finally:
+            weight.requires_grad_(tracked)
+    h = torch.stack(rows) if rows else logits.new_zeros(0, weight.shape[1])
+    return (logits, h) if differentiable else (logits.detach(), h.detach())
+
+
+def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of ``x`` and the output layer's input ``h`` (flattened per sample): by a
+    forward hook where one fires, else by :func:`features_by_gradient`."""
+    name, layer = last_linear(model)
+    if not hooks_reach(model, name):
+        return features_by_gradient(model, layer, x)
+    with output_layer_input(model) as seen:
+        logits = model(x)
+    return logits, seen[-1].flatten(1)
+
+
 def last_layer_sensitivity(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample sensitivity to the output layer, and that layer's input ``h``, in one pass.
 
     For a linear output layer ``z = W h + b`` and the predicted class ``y``, the gradient of
     ``log p_y`` is ``(onehot_y - p) h^T`` for ``W`` and ``onehot_y - p`` for ``b``, so its
     squared norm is ``||onehot_y - p||^2 (||h||^2 + 1)`` (without the ``+ 1`` when there is no
-    bias): exact, and differentiable with respect to ``x`` through autograd.
+    bias): exact, and differentiable with respect to ``x`` through autograd. Where no hook sees
+    ``h`` (TorchScript, ``torch.export``), :func:`features_by_gradient` gives it.
     """
     _, layer = last_linear(model)
-    with output_layer_input(model) as seen:
-        logits = model(x)
-    h = seen[-1].flatten(1)
+    logits, h = logits_and_features(model, x)
     p = logits.softmax(dim=1)
     onehot = nn.functional.one_hot(logits.argmax(dim=1), logits.shape[1]).to(p)
     feature = h.pow(2).sum(dim=1) + (1.0 if layer.bias is not None else 0.0)
@@ -103,19 +162,28 @@ def all_layer_sensitivity(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tens
     every trainable parameter, one sample at a time with ``create_graph`` (double backprop), and
     the output layer's input ``h``. A plain loop rather than ``torch.func.vmap``: it works with
     any module and keeps the generator's per-sample pass counts right; it costs one pass per
-    sample."""
+    sample (two where no hook sees ``h``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("SSF layers='all': the target has no parameter that requires grad")
     differentiable = torch.is_grad_enabled()  # else (no_grad) only the values are wanted
+    name, layer = last_linear(model)
+    hooked = hooks_reach(model, name)
     values, features = [], []
     for i in range(x.shape[0]):
-        with torch.enable_grad(), output_layer_input(model) as seen:
+        watch: AbstractContextManager[list[torch.Tensor]] = (
+            output_layer_input(model) if hooked else nullcontext([])
+        )
+        with torch.enable_grad(), watch as seen:
             logits = model(x[i : i + 1])
             log_p = logits.log_softmax(dim=1)[0, int(logits.argmax())]
             grads = torch.autograd.grad(log_p, params, create_graph=differentiable)
         values.append(torch.stack([g.pow(2).sum() for g in grads]).sum())
-        features.append(seen[-1].flatten(1))
+        if hooked:
+            features.append(seen[-1].flatten(1))
+        else:  # one more pass: h by the gradient (MANC reads its values only)
+            with torch.no_grad():
+                features.append(features_by_gradient(model, layer, x[i : i + 1])[1])
     value, h = torch.stack(values), torch.cat(features)
     return (value, h) if differentiable else (value.detach(), h.detach())
 

@@ -135,7 +135,7 @@ def build_zoo(
     """
     data = DataAccess(pools, Namespace.ZOO)
     dataset = get_dataset(record.dataset)
-    spec = input_spec(record.dataset)
+    spec = record_spec(record)
     base = _unhooked(target)
     zoo: list[ZooModel] = []
     for member in members:
@@ -166,6 +166,16 @@ def build_zoo(
     return zoo
 
 
+def record_spec(record: Record) -> InputSpec:
+    """The input spec the target record states (an imported model's follows its input
+    contract, not the dataset's normalization), else its registered dataset's."""
+    return (
+        InputSpec.from_json(record.input)
+        if record.input is not None
+        else input_spec(record.dataset)
+    )
+
+
 def _unhooked(target: nn.Module) -> nn.Module:
     """A copy of ``target`` without forward hooks. A caller counting the target's passes hooks
     it (:func:`~misentry.fingerprint.base.count_passes`); zoo models are copies of the target,
@@ -173,7 +183,8 @@ def _unhooked(target: nn.Module) -> nn.Module:
     their training and through the whole search."""
     clean = copy.deepcopy(target)
     for module in clean.modules():
-        module._forward_hooks.clear()
+        if not isinstance(module, torch.jit.ScriptModule):  # which runs no Python hooks
+            module._forward_hooks.clear()
     return clean
 
 
