@@ -19,6 +19,7 @@ from misentry.bench.experiments.base import (
 from misentry.bench.jobs import tasks
 from misentry.bench.jobs.graph import Job, Jobs, bundle_hash, function_name
 from misentry.bench.presets import Preset
+from misentry.bench.target import build_instance_or_skip, copy_target, skip_reason
 from misentry.data import get_dataset
 from misentry.fingerprint.bundle import FingerprintSet, load_bundle
 from misentry.models import load_record, model_from_record
@@ -72,13 +73,24 @@ class RunPlan:
         self.jobs.planned = self.planned()
         target_path = self._target()
         target_id = load_record(target_path).record_id
-        instances, zoo = self._instances_and_zoo(target_path, target_id)
+        instances, zoo, skipped = self._instances_and_zoo(target_path, target_id)
         bundles, paths = self._bundles(target_path, target_id, zoo)
         return Built(
-            self.setup, self.seed, self.jobs.root, target_path, target_id, instances, bundles, paths
+            self.setup,
+            self.seed,
+            self.jobs.root,
+            target_path,
+            target_id,
+            instances,
+            bundles,
+            paths,
+            skipped,
         )
 
     def _target(self) -> Path:
+        """Wave 1: the target trained, or the given target record copied into the run."""
+        if self.preset.target is not None:
+            return self._given_target(self.preset.target)
         config = self.preset.target_config
         fields = {
             "dataset": config.dataset,
@@ -92,17 +104,29 @@ class RunPlan:
         (folder,) = self.jobs.run_wave([job])
         return folder / "record"
 
+    def _given_target(self, source: str) -> Path:
+        """The target record at ``source`` (``--target``), copied into its job folder."""
+        record_id = load_record(source).record_id
+        identity = {"record_id": record_id, "given": True}
+        payload = {"source": source, "record_id": record_id}
+        job = Job("target", identity, function_name(copy_target), payload)
+        (folder,) = self.jobs.run_wave([job])
+        return folder / "record"
+
     def _instances_and_zoo(
         self, target_path: Path, target_id: str
-    ) -> tuple[tuple[BuiltInstance, ...], dict[str, str]]:
-        """Wave 2: every instance, and every zoo model a bundle's generator builds."""
+    ) -> tuple[tuple[BuiltInstance, ...], dict[str, str], dict[str, str]]:
+        """Wave 2: every instance, and every zoo model a bundle's generator builds. With a given
+        target, a variant the builder cannot build is skipped: the third value maps it to the
+        reason."""
         namespace = Namespace("bench").value
+        given = self.preset.target is not None
+        function = function_name(build_instance_or_skip if given else tasks.build_instance)
         instance_jobs = []
         for variant, index in self.instance_keys():
             config = {"target_id": target_id, "variant": variant, "index": index}
             config["namespace"] = namespace
             payload = {**config, "target_path": str(target_path)}
-            function = function_name(tasks.build_instance)
             instance_jobs.append(Job("instance", config, function, payload))
         zoo_jobs: dict[str, Job] = {}
         for name in sorted({name for s in self.bundle_specs for name in zoo_names(s)}):
@@ -111,15 +135,19 @@ class RunPlan:
             payload = {**config, "target_path": str(target_path)}
             zoo_jobs[name] = Job("zoo", config, function_name(tasks.build_zoo_model), payload)
         folders = self.jobs.run_wave([*instance_jobs, *zoo_jobs.values()])
-        built = tuple(
-            _built(job, folder)
-            for job, folder in zip(instance_jobs, folders[: len(instance_jobs)], strict=True)
-        )
+        built: list[BuiltInstance] = []
+        skipped: dict[str, str] = {}
+        for job, folder in zip(instance_jobs, folders[: len(instance_jobs)], strict=True):
+            reason = skip_reason(folder) if given else None
+            if reason is None:
+                built.append(_built(job, folder))
+            else:
+                skipped.setdefault(job.config["variant"], reason)
         zoo = {
             name: str(folder / "record")
             for name, folder in zip(zoo_jobs, folders[len(instance_jobs) :], strict=True)
         }
-        return built, zoo
+        return tuple(built), zoo, skipped
 
     def _bundles(
         self, target_path: Path, target_id: str, zoo: dict[str, str]

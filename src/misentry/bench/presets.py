@@ -82,6 +82,10 @@ class Preset:
         band: ``none``, or ``covert``: every method but MiSentry keeps only its fingerprints
             inside the covert output band, to compare methods at equal covertness (see
             :func:`misentry.bench.jobs.tasks.hold_to_covert_band`).
+        target: None (train the target of :attr:`target_config`), or the folder of a target
+            record that exists (``misentry bench --target``, see
+            :func:`misentry.bench.target.target_preset`): nothing is trained, and a variant
+            that cannot be built from it is skipped with the reason.
     """
 
     name: str
@@ -101,6 +105,7 @@ class Preset:
     ablation: AblationSpec = field(default_factory=AblationSpec)
     frontier: FrontierSpec = field(default_factory=FrontierSpec)
     band: str = "none"
+    target: str | None = None
 
     def __post_init__(self) -> None:
         problems = []

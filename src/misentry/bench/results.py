@@ -40,6 +40,11 @@ COLUMNS = (
 )
 """The fixed columns, in order; ``extra`` keys follow in the CSV."""
 
+SKIPPED_FILE = "skipped.json"
+"""The variants a ``--target`` run could not build (variant -> the builder's reason), in the
+results folder beside ``results.json`` when there are any; also what an instance job that built
+nothing leaves in its folder."""
+
 
 @dataclass(frozen=True)
 class ResultRow:
@@ -229,3 +234,22 @@ def measurement_row(
         dict(extra),
         setting,
     )
+
+
+def write_skipped(skipped: Mapping[str, str], folder: Path | str) -> None:
+    """``skipped.json`` in the results ``folder`` (variant -> reason), or none when no variant
+    was skipped (a stale one from an earlier run is removed)."""
+    path = Path(folder) / SKIPPED_FILE
+    if not skipped:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"skipped": dict(skipped)}, indent=1))
+
+
+def read_skipped(folder: Path | str) -> dict[str, str]:
+    """The skipped variants of the results ``folder`` (variant -> reason); empty when none."""
+    path = Path(folder) / SKIPPED_FILE
+    if not path.is_file():
+        return {}
+    return {str(k): str(v) for k, v in json.loads(path.read_text())["skipped"].items()}

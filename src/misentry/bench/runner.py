@@ -43,7 +43,7 @@ from misentry.bench.jobs.task import Progress
 from misentry.bench.plan import RunPlan
 from misentry.bench.presets import Preset
 from misentry.bench.report import build_report
-from misentry.bench.results import ResultRow, write_results
+from misentry.bench.results import ResultRow, write_results, write_skipped
 from misentry.models.record import json_ready
 from misentry.tamper.registry import select
 
@@ -146,6 +146,9 @@ def run_bench(
         "instances": [i.payload() for i in built.instances],
         "jobs": jobs.log,
     }
+    if preset.target is not None:
+        document["given_target"] = preset.target
+        document["skipped"] = dict(built.skipped)
     write_text_atomic(out / "run.json", json.dumps(json_ready(document), indent=1))
     return results
 
@@ -167,6 +170,7 @@ def _results(plan: RunPlan, measured: Measured) -> Path:
     for experiment in plan.experiments:
         rows += experiment.rows(measured)
     write_results(rows, folder)
+    write_skipped(measured.built.skipped, folder)
     for experiment in plan.experiments:
         experiment.write(measured, folder)
     build_report(folder)

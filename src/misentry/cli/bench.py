@@ -41,6 +41,13 @@ override the preset's fields: --methods runs any registered methods (`misentry f
 --help` lists them), --set changes one parameter of one method, and --band covert holds every
 method but MiSentry to the covert output band, to compare methods at equal covertness.
 
+--target DIR runs the benchmark on a target record you already have (made by `misentry
+import` or `misentry train`) instead of a preset: nothing is trained, the dataset is the
+record's (--root DIR for a dataset read from disk), and a variant that cannot be built from the
+model is skipped, with the reason in the output and the report. Its defaults: --methods
+misentry (strict), --variants all, --instances 3, --n-fingerprints 100, --ns 1,5, --experiments
+none, --band none (the fingerprint count, N_S values and band are the presets' defaults).
+
 presets:
   digits-smoke     the 8x8 digits, a 3-epoch target, natural/noise/misentry (cheap settings),
                    3 variants, 1 instance, 20 fingerprints: seconds, for checking an install
@@ -57,6 +64,8 @@ BENCH_EPILOG = """\
 examples:
   misentry bench --preset digits-smoke --out runs/smoke
   misentry bench --preset mnist5k --methods natural,misentry --instances 3 --out runs/bench
+  misentry bench --target runs/my-target --variants ft_last_lr1e-4,pruning --instances 10 \
+      --out runs/my-bench
   misentry bench --preset mnist5k --experiments none --executor process --workers 2 --out runs/b
   misentry bench --preset cifar10-paper --data-dir data/cifar10 --out runs/cifar10
   misentry bench --preset mnist5k --methods misentry-covert,natural,ibsf --band covert \\
@@ -79,7 +88,14 @@ def add(verbs: Verbs) -> None:
         description=BENCH_DESCRIPTION,
         epilog=BENCH_EPILOG,
     )
-    bench.add_argument("--preset", required=True, help="the preset (listed above)")
+    which = bench.add_mutually_exclusive_group(required=True)
+    which.add_argument("--preset", help="the preset (listed above)")
+    which.add_argument(
+        "--target",
+        type=Path,
+        metavar="DIR",
+        help="a target record you have (misentry import / train): benchmark it, no training",
+    )
     bench.add_argument("--methods", type=names, help="methods, comma-separated (override)")
     bench.add_argument("--variants", help="'all' or variant slugs, comma-separated (override)")
     bench.add_argument("--instances", type=int, help="instances per variant (override)")
@@ -109,7 +125,13 @@ def add(verbs: Verbs) -> None:
         "first N kept (default: the preset's, none)",
     )
     bench.add_argument("--seed", type=int, default=0, help="fingerprint generation seed")
-    bench.add_argument("--data-dir", type=Path, help="dataset folder, for datasets read from disk")
+    bench.add_argument(
+        "--data-dir",
+        "--root",
+        dest="data_dir",
+        type=Path,
+        help="dataset folder, for datasets read from disk (--root: the same)",
+    )
     bench.add_argument(
         "--executor", choices=EXECUTORS, default="local", help="where jobs run (default local)"
     )
@@ -154,9 +176,14 @@ def run(args: argparse.Namespace) -> int:
     from misentry.bench.jobs.executors import make_executor
     from misentry.bench.presets import get_preset
     from misentry.bench.runner import resolve, run_bench
+    from misentry.bench.target import target_preset
 
+    if args.target is not None:
+        base = target_preset(args.target, args.data_dir)
+    else:
+        base = get_preset(args.preset)
     preset = resolve(
-        get_preset(args.preset),
+        base,
         methods=args.methods,
         variants=args.variants,
         instances=args.instances,
@@ -181,7 +208,10 @@ def run(args: argparse.Namespace) -> int:
             executor=executor,
         )
     seconds = time.perf_counter() - started
+    if preset.target is not None:
+        print_target(Path(preset.target))
     print_detection(results, preset)
+    print_skipped(results)
     report = f"report: {results / 'report.md'} and {results / 'report.html'}"
     console.print(report, soft_wrap=True)  # paths whole, to copy
     console.print(f"wall time {seconds:.0f} s ({args.executor} executor)")
@@ -223,3 +253,27 @@ def print_detection(results: Path, preset: Preset) -> None:
     rows = [r for r in read_results(results) if r.experiment == "detection" and r.ns in preset.ns]
     out = console if console.is_terminal else Console(width=LOG_WIDTH)
     out.print(detection_table(rows, preset.methods, preset.ns, preset.name))
+
+
+def print_skipped(results: Path) -> None:
+    """The variants a ``--target`` run could not build, each with the builder's reason."""
+    from misentry.bench.results import read_skipped
+
+    for variant, reason in sorted(read_skipped(results).items()):
+        console.print(f"skipped [bold]{variant}[/]: {reason}", soft_wrap=True, highlight=False)
+
+
+def print_target(path: Path) -> None:
+    """What a ``--target`` run benchmarked: the record, its architecture, dataset and test
+    accuracy."""
+    from misentry.models import load_record
+
+    record = load_record(path)
+    accuracy = record.metrics.get("test_accuracy")
+    shown = f", test accuracy {accuracy:.2%}" if isinstance(accuracy, float) else ""
+    console.print(
+        f"target {record.record_id[:16]} ({record.architecture} on {record.dataset}{shown}) "
+        f"at {path}",
+        soft_wrap=True,
+        highlight=False,
+    )

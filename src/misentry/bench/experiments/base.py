@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -108,6 +108,8 @@ class Built:
         instances: every instance built, the experiments' own included.
         bundles: group -> label -> bundle.
         bundle_paths: (group, label) -> bundle folder.
+        skipped: the variants that could not be built from a given target (``--target``),
+            each with the builder's reason; none in a preset's run.
     """
 
     setup: Setup
@@ -118,6 +120,7 @@ class Built:
     instances: tuple[BuiltInstance, ...]
     bundles: Mapping[str, Mapping[str, FingerprintSet]]
     bundle_paths: Mapping[tuple[str, str], Path]
+    skipped: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def main(self) -> Mapping[str, FingerprintSet]:

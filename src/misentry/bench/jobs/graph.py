@@ -113,8 +113,12 @@ class Jobs:
             by_name[task.name] = (folder, job)
         started = {name: time.perf_counter() for name in by_name}
 
-        def on_done(task: Task, _result: dict[str, Any]) -> None:
+        def on_done(task: Task, result: dict[str, Any]) -> None:
             folder, job = by_name[task.name]
+            if result.get("unfinished"):  # it built nothing (a skipped variant): no marker
+                self._note(folder, job, "skipped", time.perf_counter() - started[task.name])
+                count(job)
+                return
             folder.mkdir(parents=True, exist_ok=True)
             document = json.dumps(_job_document(job.stage, job.config), indent=1)
             write_text_atomic(folder / JOB_FILE, document)

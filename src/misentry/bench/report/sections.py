@@ -13,13 +13,14 @@ from pathlib import Path
 from misentry.bench.report.context import ReportContext
 from misentry.bench.report.document import Block, Cell, Section, Table
 from misentry.bench.report.formatting import interval, pct, span, text_of, unique
-from misentry.bench.results import ResultRow
+from misentry.bench.results import ResultRow, read_skipped
 
 
 def sections(rows: Sequence[ResultRow], path: Path, out: Path) -> list[Section]:
     """The report's sections for the rows of the results file at ``path``, written to ``out``:
     the run header, each experiment's section per dataset (each opening with what it
-    measured), and the experiments not in this run."""
+    measured), the variants a ``--target`` run skipped (when any) and the experiments not in
+    this run."""
     from misentry.bench.experiments import EXPERIMENTS
 
     known = {experiment.name: experiment for experiment in EXPERIMENTS}
@@ -40,10 +41,24 @@ def sections(rows: Sequence[ResultRow], path: Path, out: Path) -> list[Section]:
             else:
                 blocks = (experiment.about, *experiment.section(of_dataset, context))
             found.append(Section(title, blocks))
+    skipped = read_skipped(path.parent)
+    if skipped:
+        found.append(_skipped(skipped))
     missing = [e for e in known if e not in present]
     if missing:
         found.append(Section("Not in this run", (", ".join(missing),)))
     return found
+
+
+def _skipped(skipped: dict[str, str]) -> Section:
+    """The variants a ``--target`` run could not build from its target, each with the
+    builder's reason (``skipped.json`` beside the results)."""
+    body = tuple((Cell(variant), Cell(reason)) for variant, reason in sorted(skipped.items()))
+    about = (
+        "BIVBench variants that could not be built from this target, so that no row above "
+        "measures them; each with the reason the tampering builder gave."
+    )
+    return Section("Skipped variants", (about, Table(("variant", "reason"), (("", body),))))
 
 
 def _header(rows: Sequence[ResultRow], path: Path) -> Section:
