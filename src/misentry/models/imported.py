@@ -52,7 +52,7 @@ ONNX_IMPORT_UNSUPPORTED = (
     "from ONNX to torch (onnx2torch, onnx2pytorch) require torchvision, which does not install "
     "beside the pinned torch. Import the same model from PyTorch (--module, --torchscript or "
     "--exported) to generate fingerprints, then verify the ONNX file with "
-    "`misentry verify --bundle B --onnx FILE`"
+    "`misentry verify --fingerprints BUNDLE --onnx FILE`"
 )
 
 MANIFEST_KEY = "import.manifest"
