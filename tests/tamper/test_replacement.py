@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from misentry.models import ARCHITECTURES, build_model, predict
-from misentry.tamper.base import Variant
+from misentry.tamper.base import NotApplicable, Variant
 from misentry.tamper.families import distillation, independent, transfer_learning
 from misentry.tamper.families.distillation import Distillation
 from misentry.tamper.families.independent import DifferentArch, IndependentRetrain
@@ -108,7 +108,7 @@ def test_candidate_architectures_skip_costly_and_unbuildable_ones(make_ctx: Make
         assert macs is not None
         assert macs <= 4 * own
     assert candidate_architectures(ctx, max_cost_ratio=1e-9) == []
-    with pytest.raises(ValueError, match="no registered architecture"):
+    with pytest.raises(NotApplicable, match="no registered architecture"):
         DifferentArch(
             BY_SLUG["different_arch"].tampering.params.__class__(max_cost_ratio=1e-9)
         ).build(ctx)
