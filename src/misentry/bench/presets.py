@@ -225,6 +225,13 @@ PRESETS: dict[str, Preset] = {
             frontier=FrontierSpec(n_fingerprints=50),
         ),
         Preset(
+            name="mnist5k-color",
+            dataset="mnist5k-color",
+            arch="resnet20",
+            methods=COLOUR_METHODS,
+            data_label="mnist5k-color (coloured digits, 3x32x32)",
+        ),
+        Preset(
             name="cifar10-paper", dataset="cifar10", methods=COLOUR_METHODS, data_label="CIFAR-10"
         ),
         Preset(name="gtsrb-paper", dataset="gtsrb", methods=COLOUR_METHODS, data_label="GTSRB"),
