@@ -39,6 +39,11 @@ TAMPERING = "ft_last_lr1e-4"
 METHOD = "misentry"
 """The fingerprints the demo verifies with: strict MiSentry."""
 
+DEMO_NS = 20
+"""Fingerprints per HTTP check of the demo. The demo preset measures DR@5 0.93 for its tampered
+copy's variant (ft_last_lr1e-4, mean over 3 instances): a random draw of 5 misses a tampered copy
+about one run in fifteen, and did once. DR@20 measures 0.99999, so the demo's verdicts hold."""
+
 DESCRIPTION = """\
 Run the main job on the embedded mnist5k dataset. Part 1 is `misentry bench --preset
 mnist5k-demo`: train the LeNet-5 target, build every BIVBench variant, generate fingerprints with
@@ -54,7 +59,13 @@ def add(verbs: Verbs) -> None:
     """Register ``misentry demo``."""
     demo = add_verb(verbs, "demo", "run the main job on mnist5k", run, description=DESCRIPTION)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="work folder")
-    demo.add_argument("--ns", type=int, default=5, help="fingerprints per check (5)")
+    demo.add_argument(
+        "--ns",
+        type=int,
+        default=DEMO_NS,
+        help=f"fingerprints per HTTP check (default {DEMO_NS}: 5 miss the demo's subtle "
+        "tampered copy about one run in fifteen)",
+    )
     demo.add_argument(
         "--executor",
         choices=("local", "process", "ray"),
