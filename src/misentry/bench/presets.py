@@ -188,8 +188,8 @@ COLOUR_METHODS = tuple(m for m in METHODS if m != "ssf_bo")
 """Every method but SSF-BO, whose autoencoder takes 1-channel images only (as in its paper)."""
 
 DEMO_INSTANCES = 3
-"""Instances per variant of ``mnist5k-demo`` (what ``misentry demo`` runs in under 15 minutes
-on 2 cores)."""
+"""Instances per variant of ``mnist5k-demo`` (what ``misentry demo`` runs: its benchmark took
+901 s on 2 cores)."""
 
 PRESETS: dict[str, Preset] = {
     preset.name: preset

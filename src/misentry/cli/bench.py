@@ -54,7 +54,8 @@ presets:
   mnist5k          the embedded mnist5k with LeNet-5, all methods, all variants, 10 instances,
                    100 fingerprints, every experiment
   mnist5k-demo     mnist5k with 3 instances per variant and smaller experiment settings: what
-                   `misentry demo` runs, under 15 minutes on 2 cores
+                   `misentry demo` runs, about 15 minutes on 2 cores
+  mnist5k-color    ResNet-20 on the embedded coloured digits (3x32x32): the colour path offline
   cifar10-paper    CIFAR-10 with ResNet-20, read from --data-dir
   gtsrb-paper      GTSRB, read from --data-dir
   imagenet-paper   ImageNet-1k with DenseNet-121, read from --data-dir
