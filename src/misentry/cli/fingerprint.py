@@ -62,6 +62,21 @@ profiles (MiSentry only):
           real images of its label: they look like normal queries, and catch only the
           larger tamperings
 
+tolerance: how differently you may serve the target without a false alarm. The fingerprints
+keep every margin that decides their label above a safety multiple (4x) of the target's logit
+noise under that serving freedom, measured here by emulation, and each one's flip rate is
+recorded so that `misentry verify` can state a verdict's false-alarm risk:
+  exact  the same float32 stack (research comparisons: the most sensitive, and a false alarm
+         on any other numeric stack)
+  fp32   any float32 execution: other kernels, threads, batch sizes, oneDNN on or off,
+         TorchScript, ONNX Runtime, pixels converted another way or sent as JSON decimals
+  tf32   (default) fp32 plus TF32 in convolutions and matrix products: any float32 server,
+         CPU or GPU (TF32 convolutions are PyTorch's default on a GPU)
+  fp16   tf32 plus the model run in float16 (or under float16 autocast)
+  bf16   fp16 plus the model run in bfloat16 (or under bfloat16 autocast)
+A looser tolerance catches less: it trades sensitivity for freedom (`misentry bench` measures
+the price). Check a bundle with `misentry stability` before shipping it.
+
 parameters: --norm, --eps and --set KEY=VALUE override single fields of the method's
 parameters (VALUE is read as JSON when it parses, else as a string; a JSON list becomes a
 tuple). --eps accepts a fraction such as 8/255. The names and defaults are in each method's
@@ -79,6 +94,8 @@ examples:
 def add(verbs: Verbs) -> None:
     """Register ``misentry fingerprint``."""
     from misentry.fingerprint.methods.misentry import Profile
+    from misentry.fingerprint.tolerance import DEFAULT_TOLERANCE
+    from misentry.models.stacks import LEVELS
 
     fp = add_verb(
         verbs,
@@ -95,6 +112,12 @@ def add(verbs: Verbs) -> None:
         help="MiSentry's profile (default strict); only with --method misentry",
     )
     fp.add_argument("--target", type=Path, required=True, help="target record folder")
+    fp.add_argument(
+        "--tolerance",
+        choices=list(LEVELS),
+        default=DEFAULT_TOLERANCE.value,
+        help=f"serving freedom without a false alarm (default {DEFAULT_TOLERANCE.value})",
+    )
     fp.add_argument("--n", type=int, default=100, help="number of fingerprints (default 100)")
     fp.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     fp.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
@@ -149,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
                 key=key,
                 progress=on_progress,
                 replace=args.force,
+                tolerance=args.tolerance,
             )
         except RecordError as err:
             raise CliError(f"--target: {err}") from None
@@ -224,6 +248,8 @@ def _summary(fps: FingerprintSet, out: Path, signed: bool) -> dict[str, Any]:
         return max(values) if values else None
 
     screening = manifest.get("screening")
+    tolerance = manifest.get("tolerance")
+    rates = column("flip_rate")
     return {
         "method": manifest.get("method"),
         "profile": manifest.get("profile"),
@@ -237,6 +263,11 @@ def _summary(fps: FingerprintSet, out: Path, signed: bool) -> dict[str, Any]:
         "forward_passes": manifest.get("forward_passes"),
         "backward_passes": manifest.get("backward_passes"),
         "screening": screening if isinstance(screening, dict) else None,
+        "tolerance": tolerance.get("tolerance") if isinstance(tolerance, dict) else None,
+        "tolerance_floor": tolerance.get("floor") if isinstance(tolerance, dict) else None,
+        "tolerance_noise": tolerance.get("noise") if isinstance(tolerance, dict) else None,
+        "unstable_under_tolerance": sum(1 for row in samples if row.get("flips")),
+        "max_flip_rate": max(rates) if rates else None,
         "path": str(out),
         "signed": signed,
     }
@@ -269,6 +300,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
             "screening",
             f"{screening.get('unstable', 0)} unstable, {screening.get('outside_window', 0)} "
             "outside the window (of all candidates)",
+        )
+    if summary["tolerance"] is not None:
+        table.add_row(
+            "tolerance",
+            f"{summary['tolerance']}: noise {number(summary['tolerance_noise'], '.3g')}, "
+            f"floor {number(summary['tolerance_floor'], '.3g')} logits; "
+            f"{summary['unstable_under_tolerance']} fingerprints change label under it, "
+            f"largest flip rate {number(summary['max_flip_rate'], '.2g')}",
         )
     table.add_row("signed", "yes (HMAC-SHA256)" if summary["signed"] else "no")
     if summary["png"] is not None:

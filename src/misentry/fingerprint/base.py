@@ -26,6 +26,7 @@ from torch.utils.hooks import RemovableHandle
 from misentry.data import ImageSet, Pools, to_pixels, to_unit
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.fingerprint.stats import describe_samples
+from misentry.fingerprint.tolerance import NoiseLevel, Tolerance, measure_noise, stability
 from misentry.models import Record, predict
 from misentry.models.record import json_ready
 
@@ -50,6 +51,11 @@ class SearchContext:
             (:func:`misentry.fingerprint.methods.misentry.zoo.zoo_name` -> the folder
             :func:`~misentry.fingerprint.methods.misentry.zoo.save_zoo_model` wrote), loaded
             instead of built; the benchmark builds each once and shares it between bundles.
+        tolerance: how differently the owner may serve the target without a false alarm
+            (:mod:`misentry.fingerprint.tolerance`); ``exact`` here, the generator's own
+            behaviour (the commands default to ``DEFAULT_TOLERANCE``).
+        noise_level: the tolerance's noise on the target, measured by
+            :meth:`Generator.generate` before the search (generators read ``floor``).
     """
 
     normal: torch.Tensor | None = None
@@ -57,6 +63,8 @@ class SearchContext:
     record: Record | None = None
     progress: Callable[[str, int, int], None] | None = None
     zoo: Mapping[str, Path] | None = None
+    tolerance: Tolerance = Tolerance.EXACT
+    noise_level: NoiseLevel | None = None
 
     def report(self, stage: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -185,6 +193,10 @@ class Generator(ABC):
                 "architecture": context.record.architecture,
                 "data_seed": context.record.data_seed,
             }
+        context.report("tolerance", 0, 1)
+        level = measure_noise(target, _noise_images(context, sources), context.tolerance)
+        context.noise_level = level
+        context.report("tolerance", 1, 1)
         with count_passes(target) as passes:
             candidates, source_index, extra = self._search(target, sources, n, gen, context)
         context.report("statistics", 0, 1)
@@ -194,6 +206,9 @@ class Generator(ABC):
         has_source = source_index >= 0
         matched = sources.x[source_index.clamp_min(0)] if bool(has_source.all()) else None
         samples = describe_samples(target, x, matched, sources.x if normal is None else normal)
+        stable, changes = stability(target, x, labels, context.tolerance)
+        for row, entry in zip(samples, stable, strict=True):
+            row.update(entry)
         context.report("statistics", 1, 1)
         return FingerprintSet(
             images=images,
@@ -211,9 +226,18 @@ class Generator(ABC):
                 "forward_passes": passes.forward,
                 "backward_passes": passes.backward,
                 "samples": samples,
+                "tolerance": {**level.to_json(), "label_changes": changes},
                 **extra,
             },
         )
+
+
+def _noise_images(context: SearchContext, sources: ImageSet) -> torch.Tensor:
+    """The normal images the tolerance's noise is measured on: the owner's held-out ``val``
+    pool, else the normal images, else the sources."""
+    if context.pools is not None and "val" in context.pools:
+        return context.pools["val"].x
+    return context.normal if context.normal is not None else sources.x
 
 
 def _bound_entry(bound: tuple[str, float] | None) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from torch import nn
 
 from misentry.fingerprint.methods.misentry import Profile
 from misentry.fingerprint.service import build_generator, check_out, generate_bundle
+from misentry.fingerprint.tolerance import DEFAULT_TOLERANCE, Tolerance
 from misentry.models import (
     ImportRequest,
     InputContract,
@@ -132,6 +133,7 @@ def protect(
     target_out: str | Path | None = None,
     replace: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    tolerance: Tolerance | str = DEFAULT_TOLERANCE,
 ) -> Path:
     """Fingerprint the live classifier ``model`` and save the bundle at ``out``; return ``out``.
 
@@ -153,6 +155,8 @@ def protect(
         target_out: also save the target record there (for ``verify --model``, ``serve``).
         replace: write over an existing bundle at ``out``.
         progress: ``progress(stage, done, total)`` follows the work.
+        tolerance: how differently the model may be served without a false alarm
+            (:mod:`misentry.fingerprint.tolerance`).
 
     Raises ValueError for a model that neither converts nor fits the data (the message says
     why), KeyError for an unknown method, GenerationError when ``out`` holds something else.
@@ -170,7 +174,7 @@ def protect(
     extra = {"protect": {"format": program.format, "converted_with": program.converted_with}}
     generate_bundle(
         live, record, generator, n, out, seed=seed, root=root, key=key, progress=progress,
-        replace=replace, extra=extra,
+        replace=replace, extra=extra, tolerance=tolerance,
     )  # fmt: skip
     return Path(out)
 

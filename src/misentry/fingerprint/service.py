@@ -26,6 +26,7 @@ from misentry.fingerprint.bundle import (
     save_bundle,
 )
 from misentry.fingerprint.registry import get_method
+from misentry.fingerprint.tolerance import DEFAULT_TOLERANCE, Tolerance
 from misentry.models import Record, load_model
 
 
@@ -129,6 +130,7 @@ def make_bundle(
     zoo: Mapping[str, Path] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     replace: bool = False,
+    tolerance: Tolerance | str = DEFAULT_TOLERANCE,
 ) -> FingerprintSet:
     """Generate ``n`` fingerprints with ``method`` for the target record at ``target`` and save
     them to the bundle folder ``out`` (None: do not save).
@@ -140,10 +142,13 @@ def make_bundle(
     contract), ``n`` and ``seed``; MiSentry adds its profile. ``overrides`` change single
     parameters of the method (checked by :func:`build_generator`); ``key`` signs the bundle;
     ``zoo`` names MiSentry zoo models built beforehand; ``progress(stage, done, total)`` follows
-    the work; ``replace`` allows writing over an existing bundle.
+    the work; ``replace`` allows writing over an existing bundle; ``tolerance`` is how
+    differently the owner may serve the target without a false alarm
+    (:mod:`~misentry.fingerprint.tolerance`; default ``tf32``: any float32 stack).
 
     Raises:
-        ValueError: ``n`` below 1, or bad ``overrides`` (see :func:`build_generator`).
+        ValueError: ``n`` below 1, an unknown tolerance, or bad ``overrides`` (see
+            :func:`build_generator`).
         KeyError: an unknown method.
         RecordError: the target record is missing or damaged.
         GenerationError: ``out`` holds something else, the record is not a target, or the
@@ -157,7 +162,7 @@ def make_bundle(
     model, record = load_model(target)
     return generate_bundle(
         model, record, generator, n, out, seed=seed, root=root, key=key, zoo=zoo,
-        progress=progress, replace=replace,
+        progress=progress, replace=replace, tolerance=tolerance,
     )  # fmt: skip
 
 
@@ -175,12 +180,14 @@ def generate_bundle(
     progress: Callable[[str, int, int], None] | None = None,
     replace: bool = False,
     extra: Mapping[str, Any] | None = None,
+    tolerance: Tolerance | str = DEFAULT_TOLERANCE,
 ) -> FingerprintSet:
     """:func:`make_bundle` for a target already in memory: ``model`` and its ``record`` (not
     saved, e.g. one :func:`~misentry.fingerprint.protection.protect` built); ``extra`` entries are
     added to the manifest."""
     if n < 1:
         raise ValueError("n must be at least 1")
+    level = Tolerance.parse(tolerance)
     folder = None if out is None else Path(out)
     if folder is not None:
         check_out(folder, replace)
@@ -206,7 +213,9 @@ def generate_bundle(
         **(extra or {}),
     }
     normal = pools["test"].x
-    context = SearchContext(normal=normal, pools=pools, record=record, progress=progress, zoo=zoo)
+    context = SearchContext(
+        normal=normal, pools=pools, record=record, progress=progress, zoo=zoo, tolerance=level
+    )
     fps = generator.generate(model, pools["source"], n, seed, normal, manifest, context)
     if folder is not None:
         save_bundle(fps, folder, key=key)

@@ -132,6 +132,9 @@ def generate_bundle(payload: dict[str, Any], progress: Progress) -> dict[str, An
         "zoo": zoo,
         "progress": inner,
         "replace": True,
+        # the benchmark's bundles are research bundles: the same float32 stack, unless a job
+        # asks for a deployment tolerance (the tolerance experiment)
+        "tolerance": payload.get("tolerance", "exact"),
     }
     if payload.get("band", "none") == "none":
         fps = make_bundle(

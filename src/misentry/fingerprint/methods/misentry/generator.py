@@ -148,6 +148,8 @@ class Misentry(Generator):
         context: SearchContext,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         p = self.params
+        if context.noise_level is not None:
+            p = p.above(context.noise_level.floor)
         if context.pools is None or context.record is None:
             raise GenerationError(
                 "misentry needs the owner's pools and the target's record (its zoo and its "
@@ -155,7 +157,7 @@ class Misentry(Generator):
                 "record=...)"
             )
         val = context.pools["val"]
-        meta_zoo, screen_zoo = self._zoo(target, context)
+        meta_zoo, screen_zoo = self._zoo(p, target, context)
         count = n * p.pool_factor if p.screening else n
         if count > 2 * len(sources) and p.screening:
             count = max(n, 2 * len(sources))
@@ -196,10 +198,9 @@ class Misentry(Generator):
         return x[chosen], index[chosen], extra
 
     def _zoo(
-        self, target: nn.Module, context: SearchContext
+        self, p: MisentryParams, target: nn.Module, context: SearchContext
     ) -> tuple[list[ZooModel], list[ZooModel]]:
         """The meta-learning zoo and the held-out screening zoo (empty without members)."""
-        p = self.params
         pools, record = context.pools, context.record
         if not p.members:
             return [], []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -153,6 +153,13 @@ class MisentryParams:
         if problems:
             raise ValueError(f"MisentryParams: {'; '.join(problems)}: {self}")
         object.__setattr__(self, "members", tuple(ZooMember.parse(m) for m in self.zoo))
+
+    def above(self, floor: float) -> MisentryParams:
+        """These parameters with the strict window moved up to start at ``floor`` (a deployment
+        tolerance's), its width ratio kept; unchanged when the window already starts there."""
+        if floor <= self.floor:
+            return self
+        return replace(self, floor=floor, ceiling=floor * self.ceiling / self.floor)
 
     @property
     def first_step(self) -> float:

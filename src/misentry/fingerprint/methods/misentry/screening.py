@@ -15,6 +15,7 @@ from misentry.fingerprint.base import GenerationError, SearchContext
 from misentry.fingerprint.methods.misentry.params import MisentryParams
 from misentry.fingerprint.methods.misentry.window import MarginWindow, tied_others
 from misentry.fingerprint.methods.misentry.zoo import ZooModel
+from misentry.fingerprint.tolerance import Tolerance, stable_mask
 from misentry.models import logits
 
 BENIGN_BATCH_SIZES = (1, 2, 3, 7, 16, 31, 64, 100, 128, 255, 256)
@@ -34,12 +35,16 @@ def screen(
     context: SearchContext,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Keep ``n`` of the candidates ``x`` (sources ``index``): stable under benign
-    re-deployment, most disagreed with by the held-out ``zoo``, spread over classes and
+    re-deployment (and under every stack of the context's tolerance, every margin at or above
+    its floor), most disagreed with by the held-out ``zoo``, spread over classes and
     sources. Returns the kept positions and a summary."""
     context.report("screen", 0, 1)
     reference = logits(target, x, batch_size=len(x))
     labels = reference.argmax(1)
     stable = benign_stable(target, x, labels)
+    level = context.noise_level
+    if level is not None and level.tolerance is not Tolerance.EXACT:
+        stable &= stable_mask(target, x, labels, level)
     in_window = window.holds(reference, winners, ties)
     summary: dict[str, Any] = {
         "enabled": p.screening,
