@@ -262,3 +262,113 @@ def test_help_shows_the_http_oracles_defaults(capsys: pytest.CaptureFixture[str]
     assert f"tensor layout ({oracle.options.layout})" in out
     assert f"(default {oracle.options.output})" in out
     assert re.search(r"\{[a-z_:]+\}", out) is None  # every placeholder filled
+
+
+# --- the verdict with its error rate ----------------------------------------------------------
+
+
+def declare(fingerprints: Path, tolerance: str, rate: object) -> Path:
+    """Give the saved (unsigned) bundle a tolerance and ``rate`` for every fingerprint, as a
+    generated bundle's manifest has them."""
+    path = fingerprints / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["tolerance"] = {"tolerance": tolerance, "noise": 0.05, "floor": 0.2}
+    manifest["samples"] = [{"margin": 1.0, "flip_rate": rate} for _ in range(manifest["count"])]
+    path.write_text(json.dumps(manifest))
+    return fingerprints
+
+
+def test_a_bundle_without_tolerance_prints_a_zero_false_alarm(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], fingerprints: Path
+) -> None:
+    argv = ["--fingerprints", str(fingerprints), "--model", str(files["tampered"]), "--ns", "1"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 1
+    text = " ".join(out.split())
+    assert (
+        "TAMPERED 1 of 1 fingerprints changed label; false-alarm probability 0 under tolerance "
+        "exact (limit 1e-06)"
+    ) in text
+    code, out, _ = run(capsys, "--fingerprints", str(fingerprints), "--model", str(files["target"]))
+    assert code == 0
+    assert "(tolerance exact)" in out
+
+
+def test_likely_mismatches_are_inconclusive_with_the_probability(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], fingerprints: Path
+) -> None:
+    declare(fingerprints, "fp16", 0.3)
+    argv = ["--fingerprints", str(fingerprints), "--model", str(files["tampered"]), "--ns", "1"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 2
+    text = " ".join(out.split())
+    assert "INCONCLUSIVE false_alarm: 1 of 1 fingerprints changed label, but an untampered " in text
+    assert "within tolerance fp16 gives 1 or more with probability 0.3 (>= the limit 1e-06)" in text
+    assert "fingerprints whose label changed" in out  # the mismatches are still listed
+    code, out, _ = run(capsys, *argv, "--json")
+    data = json.loads(out)
+    assert code == data["exit"] == 2
+    assert (data["verdict"], data["reason"], data["tolerance"]) == (
+        "inconclusive",
+        "false_alarm",
+        "fp16",
+    )
+    assert data["false_alarm"] == pytest.approx(0.3)
+    assert data["max_false_alarm"] == 1e-6
+    assert len(data["mismatches"]) == 1
+
+
+def test_max_false_alarm_sets_the_limit(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], fingerprints: Path
+) -> None:
+    declare(fingerprints, "tf32", 0.3)
+    argv = ["--fingerprints", str(fingerprints), "--model", str(files["tampered"])]
+    code, out, _ = run(capsys, *argv, "--ns", "1,3", "--max-false-alarm", "0.5")
+    assert code == 1
+    text = " ".join(out.split())
+    assert (
+        "TAMPERED 3 of 3 fingerprints changed label; false-alarm probability 0.027 under "
+        "tolerance tf32 (limit 0.5)"
+    ) in text
+    assert "false alarm" in out  # the checks table's column
+    assert "tf32, false-alarm limit 0.5" in text  # the summary
+    code, out, _ = run(capsys, *argv, "--ns", "3", "--json")
+    data = json.loads(out)
+    assert (code, data["verdict"], data["reason"]) == (2, "inconclusive", "false_alarm")
+    assert data["false_alarm"] == pytest.approx(0.3**3)
+    assert data["max_false_alarm"] == 1e-6
+
+
+@pytest.mark.parametrize("limit", ["0", "1.5", "-1", "nan"])
+def test_a_limit_outside_0_1_exits_2(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], fingerprints: Path, limit: str
+) -> None:
+    argv = ["--fingerprints", str(fingerprints), "--model", str(files["target"])]
+    code, out, _ = run(capsys, *argv, "--max-false-alarm", limit, "--json")
+    data = json.loads(out)
+    assert (code, data["reason"]) == (2, "usage")
+    assert "max_false_alarm" in data["message"]
+    assert not (fingerprints / LEDGER_FILE).exists()  # nothing was sent
+
+
+def test_malformed_flip_rates_exit_2_with_reason_bundle(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], fingerprints: Path
+) -> None:
+    declare(fingerprints, "tf32", "high")
+    argv = ["--fingerprints", str(fingerprints), "--model", str(files["target"])]
+    code, out, _ = run(capsys, *argv, "--json")
+    data = json.loads(out)
+    assert (code, data["reason"]) == (2, "bundle")
+    assert "flip_rate" in data["message"]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert "not a number in [0, 1]" in " ".join(err.split())
+
+
+def test_help_explains_max_false_alarm(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["verify", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--max-false-alarm P" in out
+    assert "(default 1e-06)" in out
+    assert "tolerance" in out

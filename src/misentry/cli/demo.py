@@ -24,11 +24,12 @@ from rich.table import Table
 
 from misentry.cli.common import Verbs, add_verb, console, err_console, stage_bars
 from misentry.cli.verdict import EXIT_CODES
-from misentry.cli.verify import check, dataset_classes, http_oracle
+from misentry.cli.verify import check
+from misentry.cli.verify_oracle import dataset_classes, http_oracle
 
 if TYPE_CHECKING:
     from misentry.bench.jobs.executors import Kind
-    from misentry.cli.verify import MakeOracle
+    from misentry.cli.verify_oracle import MakeOracle
 
 PRESET = "mnist5k-demo"
 """The benchmark the demo runs."""

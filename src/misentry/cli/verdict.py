@@ -42,14 +42,11 @@ def show_result(result: VerificationResult, info: dict[str, Any], *, as_json: bo
         print(json.dumps({**result.to_json(), "bundle": info, "exit": exit_code}, indent=2))
         return
     verdict = result.verdict.value
-    largest = result.checks[-1]
-    if verdict == "inconclusive":
-        detail = f"{result.reason}: {result.message}"
-    elif verdict == "tampered":
-        detail = f"{len(largest.mismatches)} of {largest.ns} fingerprints changed label"
-    else:
-        detail = f"all {largest.ns} fingerprints gave their expected labels"
-    console.print(f"[{COLOURS[verdict]}]{verdict.upper()}[/] {detail}", highlight=False)
+    console.print(
+        f"[{COLOURS[verdict]}]{verdict.upper()}[/] {verdict_detail(result)}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if len(result.checks) > 1:
         _print_checks(result)
     if result.mismatches:
@@ -59,13 +56,36 @@ def show_result(result: VerificationResult, info: dict[str, Any], *, as_json: bo
         err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
 
 
+def verdict_detail(result: VerificationResult) -> str:
+    """What the verdict line says after the verdict: why, and with what false-alarm
+    probability under which tolerance."""
+    from misentry.verify.false_alarm import format_probability
+
+    largest = result.checks[-1]
+    if result.verdict.value == "inconclusive":
+        return f"{result.reason}: {result.message}"
+    if result.verdict.value == "intact":
+        return (
+            f"all {largest.ns} fingerprints gave their expected labels "
+            f"(tolerance {result.tolerance})"
+        )
+    return (
+        f"{len(largest.mismatches)} of {largest.ns} fingerprints changed label; false-alarm "
+        f"probability {format_probability(largest.false_alarm or 0.0)} under tolerance "
+        f"{result.tolerance} (limit {result.max_false_alarm:g})"
+    )
+
+
 def _print_checks(result: VerificationResult) -> None:
+    from misentry.verify.false_alarm import format_probability
+
     table = Table(title="checks per N_S")
-    for col in ("N_S", "verdict", "mismatches"):
+    for col in ("N_S", "verdict", "mismatches", "false alarm"):
         table.add_column(col, justify="right" if col != "verdict" else "left")
     for check in result.checks:
         value = check.verdict.value
-        table.add_row(str(check.ns), f"[{COLOURS[value]}]{value}[/]", str(len(check.mismatches)))
+        p = "-" if check.false_alarm is None else format_probability(check.false_alarm)
+        table.add_row(str(check.ns), f"[{COLOURS[value]}]{value}[/]", str(len(check.mismatches)), p)
     console.print(table)
 
 
@@ -90,6 +110,7 @@ def _print_summary(result: VerificationResult, info: dict[str, Any]) -> None:
         "fingerprints", f"{info['fingerprints']} ({info['method']}, {info['count']}, {signed})"
     )
     table.add_row("model", result.oracle)
+    table.add_row("tolerance", f"{result.tolerance}, false-alarm limit {result.max_false_alarm:g}")
     table.add_row("endpoint id", result.endpoint_id)
     table.add_row("queries", f"{result.queries} images in {result.seconds:.2f} s")
     table.add_row("draw", f"{result.select}, seed {result.seed}")

@@ -1,24 +1,33 @@
 """``misentry verify``: query a model with fingerprints and print the verdict.
 
-Exit status: 0 intact, 1 tampered, 2 inconclusive. Every error after the arguments are parsed
-(an unreadable or changed bundle, a missing key, a model or endpoint that cannot be set up, a
-ledger that cannot be written) is inconclusive too, with the reason: a check that did not run
-must never read as "intact" to a script, nor as "tampered".
+Exit status: 0 intact, 1 tampered, 2 inconclusive (also when the labels that changed are too
+likely for an untampered model served within the bundle's tolerance: ``false_alarm``). Every
+error after the arguments are parsed (an unreadable, changed or malformed bundle, a missing key,
+a model or endpoint that cannot be set up, a ledger that cannot be written) is inconclusive too,
+with the reason: a check that did not run must never read as "intact" to a script, nor as
+"tampered". The model's options and its oracle are :mod:`misentry.cli.verify_oracle`'s.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from misentry.cli.common import CliError, Verbs, add_verb
 from misentry.cli.verdict import EXIT_CODES, show_failure, show_result
+from misentry.cli.verify_oracle import (
+    MakeOracle,
+    OracleDefaultsFormatter,
+    add_endpoint_options,
+    add_model_options,
+    oracle_of,
+    set_up,
+)
 
 if TYPE_CHECKING:
     from misentry.fingerprint.bundle import FingerprintSet
-    from misentry.models.oracle import LabelOracle
     from misentry.verify.verifier import Select
 
 DESCRIPTION = """\
@@ -35,16 +44,25 @@ layout), as the user's own ONNX file and server expect; --model takes the record
 All N_S given are answered by one query set: the draw is as long as the largest N_S, and each
 smaller N_S uses a prefix of it. The verdict printed first is that of the largest N_S.
 
+A changed label is evidence only if the owner's own model would not change it: the bundle
+declares a deployment tolerance (how differently the owner may serve the weights: exact, fp32,
+tf32, fp16, bf16) and each fingerprint's flip rate under it. With every verdict comes the
+false-alarm probability: the chance that an untampered model served within the tolerance
+changes as many of the labels sent. Mismatches are TAMPERED only when it is below
+--max-false-alarm, else INCONCLUSIVE (false_alarm). Bundles without a tolerance are exact
+(rate 0: one changed label is tampering).
+
 Fingerprints leak once sent: the ledger (<bundle>/ledger.json, or --ledger FILE) records which
 fingerprints each endpoint (--name, default the URL or the file) has been shown, and every draw
 takes unshown ones first; it says so when none are left and shown ones must be reused.
 
 exit status:
   0  intact: every label matched
-  1  tampered: at least one label changed
+  1  tampered: labels changed, with a false-alarm probability below --max-false-alarm
   2  inconclusive: the query failed (budget, deadline, timeout, server error, malformed or
-     out-of-range answer) or the verification could not start (bundle, key, model, ledger);
-     never read as intact"""
+     out-of-range answer), labels changed but an untampered model gives as many too often
+     (false_alarm), or the verification could not start (bundle, key, model, ledger); never
+     read as intact"""
 
 EPILOG = """\
 examples:
@@ -54,43 +72,14 @@ examples:
       --header 'Authorization: Bearer TOKEN' --budget 100 --deadline 60 --json
   misentry verify --fingerprints runs/fp --endpoint https://api.example.com/v2/models/m \\
       --datatype UINT8 --layout NHWC --output scores --output-name logits --name prod-eu
-  misentry verify --fingerprints runs/fp --model runs/target --all --no-ledger"""
-
-
-HTTP_OPTIONS = ("input_name", "datatype", "layout", "output", "output_name", "headers", "timeout")
-"""The options for --endpoint only: the arguments of :class:`~misentry.verify.http.HttpOracle`
-of the same names."""
-
-LIMITS = ("batch_size", "budget", "deadline")
-"""The options every oracle takes: the arguments of :class:`~misentry.models.oracle.LabelOracle`
-of the same names."""
-
-MakeOracle = Callable[["FingerprintSet"], tuple["LabelOracle", str]]
-"""Sets up the oracle for a bundle; returns it and its default endpoint id."""
-
-
-class _OracleDefaultsFormatter(argparse.RawDescriptionHelpFormatter):
-    """Fills ``{name}`` in a help text with the default of the argument ``name`` of
-    :class:`~misentry.verify.http.HttpOracle`, when the help is shown (so parsing the arguments
-    does not import the oracle)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = super()._get_help_string(action)
-        return text.format_map(_oracle_defaults()) if text and "{" in text else text
-
-
-def _oracle_defaults() -> dict[str, Any]:
-    """The defaults of :class:`~misentry.verify.http.HttpOracle`'s arguments."""
-    import inspect
-
-    from misentry.verify.http import HttpOracle
-
-    parameters = inspect.signature(HttpOracle).parameters.values()
-    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+  misentry verify --fingerprints runs/fp --model runs/target --all --no-ledger
+  misentry verify --fingerprints runs/fp --onnx model.onnx --ns 20 --max-false-alarm 1e-9"""
 
 
 def add(verbs: Verbs) -> None:
     """Register ``misentry verify``."""
+    from misentry.verify.false_alarm import DEFAULT_MAX_FALSE_ALARM
+
     sub = add_verb(
         verbs,
         "verify",
@@ -100,14 +89,9 @@ def add(verbs: Verbs) -> None:
         description=DESCRIPTION,
         epilog=EPILOG,
     )
-    sub.formatter_class = _OracleDefaultsFormatter
+    sub.formatter_class = OracleDefaultsFormatter
     sub.add_argument("--fingerprints", type=Path, required=True, metavar="DIR", help="bundle")
-    source = sub.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", type=Path, metavar="DIR", help="a model record folder")
-    source.add_argument("--onnx", type=Path, metavar="FILE", help="an ONNX file (extra: onnx)")
-    source.add_argument(
-        "--endpoint", metavar="URL", help="an Open Inference Protocol model URL (.../v2/models/M)"
-    )
+    add_model_options(sub)
     sub.add_argument(
         "--ns",
         action="extend",
@@ -119,18 +103,14 @@ def add(verbs: Verbs) -> None:
     sub.add_argument(
         "--all", action="store_true", help="send every fingerprint (checked at N and any --ns)"
     )
-    sub.add_argument("--budget", type=int, metavar="N", help="most images to send (default: any)")
     sub.add_argument(
-        "--deadline", type=float, metavar="S", help="seconds after which no request starts"
-    )
-    sub.add_argument(
-        "--batch-size", type=int, metavar="N", help="images per request ({batch_size})"
-    )
-    sub.add_argument(
-        "--num-classes",
-        type=int,
-        metavar="K",
-        help="labels must be in [0, K) (default: the record's, else the bundle's dataset's)",
+        "--max-false-alarm",
+        type=float,
+        default=DEFAULT_MAX_FALSE_ALARM,
+        metavar="P",
+        help="changed labels are TAMPERED only when an untampered model served within the "
+        "bundle's tolerance changes as many with a probability below P, else INCONCLUSIVE "
+        f"(false_alarm); in (0, 1] (default {DEFAULT_MAX_FALSE_ALARM:g})",
     )
     sub.add_argument(
         "--key-file",
@@ -138,40 +118,9 @@ def add(verbs: Verbs) -> None:
         metavar="F",
         help="key of a signed bundle (default: MISENTRY_BUNDLE_KEY)",
     )
-    _add_endpoint_options(sub.add_argument_group("endpoint options (with --endpoint only)"))
+    add_endpoint_options(sub.add_argument_group("endpoint options (with --endpoint only)"))
     _add_ledger_options(sub.add_argument_group("ledger"))
     sub.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def _add_endpoint_options(http: argparse._ArgumentGroup) -> None:
-    http.add_argument(
-        "--header",
-        dest="headers",
-        action="append",
-        metavar="'K: V'",
-        help="an extra request header, e.g. 'Authorization: Bearer TOKEN' (repeatable)",
-    )
-    http.add_argument(
-        "--timeout", type=float, metavar="S", help="seconds per request ({timeout:g})"
-    )
-    http.add_argument("--input-name", help="the model's input tensor name ({input_name})")
-    http.add_argument(
-        "--datatype",
-        choices=("FP32", "UINT8"),
-        help="FP32: pixels/255 (or the bundle's input contract's values); UINT8: 0-255 "
-        "(default {datatype})",
-    )
-    http.add_argument(
-        "--layout",
-        choices=("NCHW", "NHWC"),
-        help="tensor layout ({layout}), unless the bundle's input contract says otherwise",
-    )
-    http.add_argument(
-        "--output",
-        choices=("labels", "scores"),
-        help="labels: one integer per image; scores: (N, classes), argmax taken (default {output})",
-    )
-    http.add_argument("--output-name", help="the output to read (default: the first)")
 
 
 def _add_ledger_options(ledger: argparse._ArgumentGroup) -> None:
@@ -200,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``misentry verify``; returns the exit status and never raises (but on an interrupt)."""
     return check(
         args.fingerprints,
-        lambda bundle: _oracle(args, bundle),
+        lambda bundle: oracle_of(args, bundle),
         ns=args.ns,
         seed=args.seed,
         select="all" if args.all else "fresh",
@@ -209,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         ledger=args.ledger,
         use_ledger=not args.no_ledger,
         as_json=args.json,
+        max_false_alarm=args.max_false_alarm,
     )
 
 
@@ -224,12 +174,15 @@ def check(
     ledger: Path | None = None,
     use_ledger: bool = True,
     as_json: bool = False,
+    max_false_alarm: float | None = None,
 ) -> int:
     """Verify the model of ``make_oracle`` with the bundle ``fingerprints`` by
     :func:`misentry.verify.verifier.verify`, print the result (or why there is none) and return
     its exit status; never raises (but on an interrupt). ``ledger`` is the ledger file (None:
-    ``<bundle>/ledger.json``; ``use_ledger=False``: none)."""
+    ``<bundle>/ledger.json``; ``use_ledger=False``: none); ``max_false_alarm`` the limit of
+    :func:`~misentry.verify.verifier.verify` (None: its default)."""
     from misentry.fingerprint.bundle import BundleError, load_bundle, load_key
+    from misentry.verify.false_alarm import DEFAULT_MAX_FALSE_ALARM
     from misentry.verify.ledger import Ledger
     from misentry.verify.verifier import verify
 
@@ -242,7 +195,7 @@ def check(
             bundle = load_bundle(fingerprints, load_key(key_file))
         except (BundleError, OSError) as err:
             raise CliError(f"--fingerprints: {err}", reason="bundle") from None
-        oracle, default_id = _set_up(make_oracle, bundle)
+        oracle, default_id = set_up(make_oracle, bundle)
         shown = (
             Ledger.open(ledger or Ledger.default_path(fingerprints), bundle) if use_ledger else None
         )
@@ -254,6 +207,7 @@ def check(
             select=select,
             ledger=shown,
             endpoint_id=endpoint_id or default_id,
+            max_false_alarm=DEFAULT_MAX_FALSE_ALARM if max_false_alarm is None else max_false_alarm,
         )
     except Exception as err:
         return show_failure(_reason_of(err), str(err) or type(err).__name__, as_json=as_json)
@@ -264,119 +218,16 @@ def check(
     return EXIT_CODES[result.verdict.value]
 
 
-def _set_up(make_oracle: MakeOracle, bundle: FingerprintSet) -> tuple[LabelOracle, str]:
-    try:
-        return make_oracle(bundle)
-    except CliError:
-        raise
-    except ImportError as err:
-        raise CliError(
-            f"{err}; install the extra it needs (pip install 'misentry[onnx]' for --onnx)",
-            reason="oracle",
-        ) from None
-    except Exception as err:
-        raise CliError(f"cannot set up the model to verify: {err}", reason="oracle") from None
-
-
-def _oracle(args: argparse.Namespace, bundle: FingerprintSet) -> tuple[LabelOracle, str]:
-    """The oracle the arguments name, and its default endpoint id; of the oracle's options,
-    only those given are passed (the others keep the oracle's defaults)."""
-    if args.endpoint is None:
-        given = [f"--{name.replace('_', '-')}" for name in HTTP_OPTIONS if getattr(args, name)]
-        if given:
-            raise CliError(f"{', '.join(given)} apply to --endpoint only", reason="usage")
-    limits = _given(args, LIMITS)
-    if args.model is not None:
-        return _module_oracle(args.model, args.num_classes, limits)
-    num_classes = args.num_classes or dataset_classes(bundle)
-    contract = bundle.contract
-    if args.onnx is not None:
-        from misentry.verify.onnx import OnnxOracle
-
-        path = Path(args.onnx)
-        oracle = OnnxOracle(path, contract=contract, num_classes=num_classes, **limits)
-        return oracle, f"onnx:{path.resolve()}"
-    options = _given(args, HTTP_OPTIONS)
-    if "headers" in options:
-        options["headers"] = _headers(options["headers"])
-    if not contract.is_identity:
-        _check_wire_options(options, contract.channels_last)
-        options["contract"] = contract
-    return http_oracle(args.endpoint, num_classes=num_classes, **options, **limits)
-
-
-def _check_wire_options(options: dict[str, Any], channels_last: bool) -> None:
-    """Refuse --datatype and --layout that contradict the bundle's input contract, which fixes
-    what the model takes (FP32, in the contract's layout)."""
-    layout = "NHWC" if channels_last else "NCHW"
-    if options.get("datatype", "FP32") != "FP32":
-        raise CliError(
-            "--datatype UINT8: the bundle's model takes FP32 values encoded by its input "
-            "contract (misentry sends them); drop --datatype",
-            reason="usage",
-        )
-    if options.get("layout", layout) != layout:
-        raise CliError(
-            f"--layout {options['layout']}: the bundle's input contract says the model takes "
-            f"{layout}; drop --layout",
-            reason="usage",
-        )
-
-
-def http_oracle(url: str, **options: Any) -> tuple[LabelOracle, str]:
-    """An :class:`~misentry.verify.http.HttpOracle` of the model at ``url`` with ``options``,
-    and its default endpoint id (the URL)."""
-    from misentry.verify.http import HttpOracle
-
-    return HttpOracle(url, **options), str(url)
-
-
-def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-
-
-def _module_oracle(
-    path: Path, num_classes: int | None, limits: dict[str, Any]
-) -> tuple[LabelOracle, str]:
-    from misentry.models import RecordError, load_model
-    from misentry.models.oracle import ModuleOracle
-
-    try:
-        model, record = load_model(path)
-    except (RecordError, OSError) as err:
-        raise CliError(f"--model: {err}", reason="model") from None
-    classes = num_classes or (record.input or {}).get("num_classes")
-    return ModuleOracle(model, num_classes=classes, **limits), f"model:{path.resolve()}"
-
-
-def dataset_classes(bundle: FingerprintSet) -> int | None:
-    """The number of classes the bundle records, else its registered dataset's (None: neither)."""
-    from misentry.data import DATASETS
-
-    recorded = bundle.manifest.get("num_classes")
-    if type(recorded) is int and recorded >= 2:
-        return recorded
-    info = DATASETS.get(str(bundle.manifest.get("dataset")))
-    return None if info is None else info.num_classes
-
-
-def _headers(items: list[str]) -> dict[str, str]:
-    headers = {}
-    for item in items:
-        key, colon, value = item.partition(":")
-        if not colon or not key.strip():
-            raise CliError(f"--header {item!r}: expected 'Name: value'", reason="usage")
-        headers[key.strip()] = value.strip()
-    return headers
-
-
 def _reason_of(err: Exception) -> str:
+    from misentry.fingerprint.bundle import BundleError
     from misentry.verify.ledger import LedgerError
 
     if isinstance(err, CliError) and err.reason is not None:
         return err.reason
     if isinstance(err, LedgerError):
         return "ledger"
+    if isinstance(err, BundleError):  # raised by verify: a malformed tolerance or flip rates
+        return "bundle"
     return "usage" if isinstance(err, ValueError | CliError) else "error"
 
 

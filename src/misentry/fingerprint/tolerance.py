@@ -13,7 +13,8 @@ ones'. At generation it sets two things:
 - **each fingerprint's stability**: its decisive margin, the number of stacks and draws
   (``trials``) under which its label changed (``flips``), the root-mean-square change of its
   margin (``margin_noise``), and a ``flip_rate``: the observed rate when a flip was seen, else the
-  normal tail ``Phi(-margin / noise)``. :mod:`misentry.verify.false_alarm` reads these rates to
+  normal tail ``Phi(-margin / noise)``, never below :data:`RATE_FLOOR` (a tie counts as a
+  change: a server may break it either way). :mod:`misentry.verify.false_alarm` reads these rates to
   say how likely an untampered model served within the tolerance is to give the mismatches a
   check saw.
 """
@@ -33,6 +34,10 @@ from misentry.models.stacks import LEVELS, Stack, StackUnavailable, stacks
 
 SAFETY = 4.0
 """The floor as a multiple of the noise level."""
+
+RATE_FLOOR = 1e-12
+"""The smallest flip rate claimed for a fingerprint whose margin moved at all: the emulation is a
+model of the real stacks, and its normal tail says nothing below this."""
 
 
 class Tolerance(StrEnum):
@@ -73,7 +78,7 @@ assert tuple(t.value for t in Tolerance) == LEVELS
 @dataclass(frozen=True)
 class StackRun:
     """One stack's view of a set of images: the decisive margins it gives the reference labels
-    (negative: the label changed), per image, one row per draw."""
+    (zero or negative: the label changed or may have), per image, one row per draw."""
 
     stack: str
     level: str
@@ -152,13 +157,13 @@ def measure_noise(model: nn.Module, normal: torch.Tensor, tolerance: Tolerance) 
 
 def flip_rate(margin: float, noise: float, flips: int, trials: int) -> float:
     """A fingerprint's estimated label-change rate under its tolerance: the observed rate when a
-    change was seen, else the normal tail at ``margin`` over the margin's RMS change ``noise``
-    (0 when nothing ever moved)."""
+    change was seen, else the normal tail at ``margin`` over the margin's RMS change ``noise``,
+    never below :data:`RATE_FLOOR` (0 when nothing ever moved; 1 for a tie or worse)."""
     observed = flips / trials if trials else 0.0
     if noise <= 0 or margin <= 0:
         return observed if margin > 0 else 1.0
     tail = 0.5 * math.erfc(margin / noise / math.sqrt(2))
-    return max(observed, tail)
+    return max(observed, tail, RATE_FLOOR)
 
 
 def stability(
@@ -168,13 +173,13 @@ def stability(
     ``trials``, ``flip_rate``) and, per stack, how many fingerprints changed label."""
     base = decisive_margins(logits(model, x), labels)
     runs = [r for r in run_stacks(model, x, labels, tolerance) if r.margins.numel()]
-    per_stack = {r.stack: int((r.margins < 0).any(0).sum()) for r in runs}
+    per_stack = {r.stack: int((r.margins <= 0).any(0).sum()) for r in runs}
     if not runs:
         rows = torch.empty(0, len(x), dtype=torch.float64)
     else:
         rows = torch.cat([r.margins for r in runs])
     change = rows - base
-    flips = (rows < 0).sum(0)
+    flips = (rows <= 0).sum(0)  # a tie may break either way
     rms = change.pow(2).mean(0).sqrt() if len(rows) else torch.zeros(len(x), dtype=torch.float64)
     samples = []
     for j in range(len(x)):
@@ -201,5 +206,5 @@ def stable_mask(
     keep = base >= level.floor
     for run in run_stacks(model, x, labels, level.tolerance):
         if run.margins.numel():
-            keep &= (run.margins >= 0).all(0)
+            keep &= (run.margins > 0).all(0)
     return keep

@@ -12,9 +12,9 @@ one): it sees the ATen operations the model runs and changes how they compute, n
   rounding is stochastic (up or down with the probability of the remainder): a draw from the
   spread of rounding modes and orders a real device may use.
 - :class:`Reordered`: float32 with another summation order. Convolutions and matrix products
-  sum their reduction dimension in a random permutation, in random chunks, each chunk's partial
-  sum added in turn: the last-bit differences of other kernels, thread counts and fused
-  operators.
+  split their reduction (a convolution's kernel positions, a product's inner dimension) into
+  random chunks and add the chunks' partial sums in turn: the last-bit differences of other
+  kernels, thread counts and fused operators.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
@@ -135,10 +134,8 @@ class Reordered(TorchDispatchMode):  # type: ignore[no-untyped-call]
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
-        if func in (aten.convolution.default, aten._convolution.default) and not kwargs:
-            out = self._convolution(*args[:9])
-            if out is not None:
-                return out
+        if func in CONVOLUTIONS and not kwargs:
+            return self._convolution(func, args)
         if func is aten.addmm.default and not kwargs and len(args) == 3:
             bias, a, b = args
             return bias + self._product(a, b)
@@ -163,17 +160,18 @@ class Reordered(TorchDispatchMode):  # type: ignore[no-untyped-call]
         assert total is not None
         return total
 
-    def _convolution(self, *args: Any) -> torch.Tensor | None:
-        """A 2-D convolution as a reordered product of unfolded patches; None for any other
-        convolution (transposed, grouped, not 2-D), which then runs as it is."""
-        x, weight, bias, stride, padding, dilation, transposed, _, groups = args
-        if transposed or groups != 1 or x.dim() != 4 or x.dtype != torch.float32:
-            return None
-        out_h = x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1
-        out_w = x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1
-        shape = (x.shape[0], weight.shape[0], out_h // stride[0] + 1, out_w // stride[1] + 1)
-        patches = F.unfold(x, weight.shape[2:], dilation, padding, stride)  # (N, K, L)
-        flat = weight.reshape(weight.shape[0], -1)  # (C_out, K)
-        product = self._product(patches.transpose(1, 2), flat.t())  # (N, L, C_out)
-        out = product.transpose(1, 2).reshape(shape)
-        return out if bias is None else out + bias.view(1, -1, 1, 1)
+    def _convolution(self, func: Any, args: tuple[Any, ...]) -> torch.Tensor:
+        """The convolution as a sum of partial convolutions, each over a random subset of the
+        kernel's (input channel, row, column) positions, added in random order."""
+        weight, bias = args[1], args[2]
+        positions = weight[0].numel()
+        total = None
+        for piece in self._order(positions):
+            mask = torch.zeros(positions, dtype=weight.dtype)
+            mask[piece] = 1
+            part: torch.Tensor = func(
+                args[0], weight * mask.view(1, *weight.shape[1:]), None, *args[3:]
+            )
+            total = part if total is None else total + part
+        assert total is not None
+        return total if bias is None else total + bias.view(1, -1, *([1] * (total.dim() - 2)))

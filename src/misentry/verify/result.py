@@ -37,20 +37,30 @@ class CheckResult:
 
     Attributes:
         ns: N_S, the number of fingerprints this check uses.
-        verdict: INTACT, TAMPERED, or INCONCLUSIVE when the query failed.
+        verdict: INTACT, TAMPERED, or INCONCLUSIVE when the query failed or when an untampered
+            model gives the mismatches seen too often (see :mod:`misentry.verify.false_alarm`).
         indices: the bundle indices used, in query order (the draw's first ``ns``).
-        mismatches: the fingerprints among them whose label changed (empty unless TAMPERED).
+        mismatches: the fingerprints among them whose label changed (empty when none did or
+            the query failed).
+        false_alarm: with k >= 1 mismatches, the probability that an untampered model served
+            within the bundle's tolerance changes k or more of these labels; None otherwise.
+        reason: why the check is INCONCLUSIVE (``false_alarm``, or the failed query's
+            reason); None otherwise.
     """
 
     ns: int
     verdict: Verdict
     indices: tuple[int, ...]
     mismatches: tuple[Mismatch, ...] = ()
+    false_alarm: float | None = None
+    reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ns": self.ns,
             "verdict": self.verdict.value,
+            "reason": self.reason,
+            "false_alarm": self.false_alarm,
             "indices": list(self.indices),
             "mismatches": [m.to_json() for m in self.mismatches],
         }
@@ -67,8 +77,13 @@ class VerificationResult:
         indices: every fingerprint sent, in query order.
         reason: why the verdict is INCONCLUSIVE (an :class:`OracleError` reason such as
             ``budget``, ``deadline``, ``short``, ``out_of_range``, ``transport``, or ``error``
-            for any other exception); None otherwise.
+            for any other exception; ``false_alarm`` when the answer came back but an untampered
+            model gives its mismatches too often); None otherwise.
         message: what happened, for a human; None unless INCONCLUSIVE.
+        tolerance: the deployment tolerance the bundle declares (``exact`` for a bundle that
+            declares none).
+        max_false_alarm: the limit: mismatches are TAMPERED only when their false-alarm
+            probability is below it.
         queries: images the oracle sent to the model in this verification.
         seconds: wall time of the query.
         seed: the seed of the draw (drawn from the OS when none was given, and stored).
@@ -83,6 +98,8 @@ class VerificationResult:
             stands (the answers are real), but the next draw cannot know what this one sent.
         warnings: notes for the reader (fingerprints reused, no ledger, ledger not updated).
         bundle_sha256: the bundle's tensor hash, when its manifest has one.
+        false_alarm: the false-alarm probability of the largest N_S's check (None when it saw
+            no mismatch or the query failed).
     """
 
     verdict: Verdict
@@ -102,10 +119,15 @@ class VerificationResult:
     ledger_error: str | None = None
     warnings: tuple[str, ...] = ()
     bundle_sha256: str | None = None
+    tolerance: str = field(kw_only=True)
+    max_false_alarm: float = field(kw_only=True)
     mismatches: tuple[Mismatch, ...] = field(init=False)
+    false_alarm: float | None = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mismatches", self.checks[-1].mismatches if self.checks else ())
+        largest = self.checks[-1] if self.checks else None
+        object.__setattr__(self, "mismatches", largest.mismatches if largest else ())
+        object.__setattr__(self, "false_alarm", largest.false_alarm if largest else None)
 
     def check(self, ns: int) -> CheckResult:
         """The check of N_S ``ns``."""
@@ -120,6 +142,9 @@ class VerificationResult:
             "verdict": self.verdict.value,
             "reason": self.reason,
             "message": self.message,
+            "tolerance": self.tolerance,
+            "false_alarm": self.false_alarm,
+            "max_false_alarm": self.max_false_alarm,
             "ns": [c.ns for c in self.checks],
             "checks": [c.to_json() for c in self.checks],
             "mismatches": [m.to_json() for m in self.mismatches],

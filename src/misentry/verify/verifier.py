@@ -15,12 +15,16 @@ Fail closed. The verdict is
   answer, label outside the class range), any other exception raised by the oracle, or an
   answer the verifier's own checks refuse (wrong length or shape, not integers, a label outside
   ``[0, num_classes)``). Every N_S is then inconclusive too: a failed query proves nothing;
-- ``TAMPERED`` only when the whole answer came back well-formed and at least one label differs;
+- ``TAMPERED`` only when the whole answer came back well-formed, at least one label differs,
+  and an untampered model served within the bundle's tolerance gives that many changes with a
+  probability below ``max_false_alarm`` (:mod:`misentry.verify.false_alarm`); with more
+  probable changes the verdict is ``INCONCLUSIVE`` with the reason ``false_alarm``;
 - ``INTACT`` only when the whole answer came back well-formed and every label matched.
 
 Mistakes of the caller (an empty bundle, N_S outside ``[1, N]``, a bundle whose labels do not
-fit the model's classes, an unwritable ledger) raise :class:`VerifyError` or
-:class:`~misentry.verify.ledger.LedgerError` before anything is sent.
+fit the model's classes, a limit outside ``(0, 1]``, an unwritable ledger) raise
+:class:`VerifyError` or :class:`~misentry.verify.ledger.LedgerError`, and a bundle with
+malformed flip rates :class:`~misentry.fingerprint.bundle.BundleError`, before anything is sent.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,6 +40,14 @@ import torch
 
 from misentry.fingerprint.bundle import FingerprintSet
 from misentry.models.oracle import LabelOracle, OracleError
+from misentry.verify.false_alarm import (
+    DEFAULT_MAX_FALSE_ALARM,
+    FALSE_ALARM,
+    bundle_tolerance,
+    explain,
+    flip_rates,
+    judge,
+)
 from misentry.verify.ledger import Ledger, LedgerError
 from misentry.verify.result import CheckResult, Mismatch, Verdict, VerificationResult
 
@@ -103,6 +115,7 @@ def verify(
     ledger: Ledger | None = None,
     endpoint_id: str | None = None,
     num_classes: int | None = None,
+    max_false_alarm: float = DEFAULT_MAX_FALSE_ALARM,
 ) -> VerificationResult:
     """Verify the model behind ``oracle`` with fingerprints of ``bundle``; never raises for a
     failed query (that is an INCONCLUSIVE verdict).
@@ -120,6 +133,9 @@ def verify(
         ledger: where showings are read and recorded (after the query); None keeps no record.
         endpoint_id: the ledger's name for the endpoint (default: ``oracle.describe()``).
         num_classes: labels must be in [0, num_classes) (default: ``oracle.num_classes``).
+        max_false_alarm: a check with mismatches is TAMPERED only when an untampered model
+            served within the bundle's tolerance gives as many with a probability below this,
+            else INCONCLUSIVE (reason ``false_alarm``); in (0, 1].
 
     >>> result = verify(load_bundle("runs/fp"), ModuleOracle(model, num_classes=10), ns=(1, 5))
     >>> result.verdict, [c.verdict for c in result.checks]
@@ -129,6 +145,10 @@ def verify(
     sizes = _sizes(ns, len(bundle), select)
     if seed is not None and (type(seed) is not int or not 0 <= seed < 2**63):
         raise VerifyError(f"seed must be an integer in [0, 2**63), not {seed!r}")
+    limit = max_false_alarm
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit <= 1:
+        raise VerifyError(f"max_false_alarm must be a probability in (0, 1], not {limit!r}")
+    limit, rates = float(limit), flip_rates(bundle)
     num_classes = num_classes if num_classes is not None else oracle.num_classes
     _check_labels(bundle, num_classes)
     endpoint = endpoint_id or _describe(oracle)
@@ -141,10 +161,14 @@ def verify(
         ledger_error = _record(ledger, draw.endpoint, draw.order[: query.sent])
     if query.answer.labels is None:
         order = draw.order
-        checks = tuple(CheckResult(n, Verdict.INCONCLUSIVE, tuple(order[:n])) for n in sizes)
+        reason = query.answer.reason
+        checks = tuple(
+            CheckResult(n, Verdict.INCONCLUSIVE, tuple(order[:n]), reason=reason) for n in sizes
+        )
     else:
-        checks = _checks(bundle.labels, draw.order, query.answer.labels, sizes)
-    return _result(bundle, oracle, draw, query, checks, ledger, ledger_error)
+        found = _mismatches(bundle.labels, draw.order, query.answer.labels)
+        checks = tuple(judge(n, tuple(draw.order[:n]), found(n), rates, limit) for n in sizes)
+    return _result(bundle, oracle, draw, query, checks, ledger, ledger_error, limit)
 
 
 def _check_ledger(ledger: Ledger, bundle: FingerprintSet) -> None:
@@ -212,12 +236,17 @@ def _result(
     checks: tuple[CheckResult, ...],
     ledger: Ledger | None,
     ledger_error: str | None,
+    max_false_alarm: float,
 ) -> VerificationResult:
     order = draw.order
     fresh_left = None
     if draw.fresh_before is not None:
         fresh_left = len(draw.fresh_before - set(order[: query.sent]))
     digest = bundle.manifest.get("tensors_sha256")
+    tolerance = bundle_tolerance(bundle)
+    reason, message = query.answer.reason, query.answer.message
+    if reason is None and checks[-1].reason == FALSE_ALARM:
+        reason, message = FALSE_ALARM, explain(checks[-1], tolerance, max_false_alarm)
     return VerificationResult(
         verdict=checks[-1].verdict,
         checks=checks,
@@ -228,14 +257,16 @@ def _result(
         select=draw.select,
         endpoint_id=draw.endpoint,
         oracle=_describe(oracle),
-        reason=query.answer.reason,
-        message=query.answer.message,
+        reason=reason,
+        message=message,
         reused=draw.reused,
         fresh_left=fresh_left,
         ledger_path=None if ledger is None else str(ledger.path),
         ledger_error=ledger_error,
         warnings=_warnings(draw.select, ledger, draw.reused, len(order), ledger_error),
         bundle_sha256=digest if isinstance(digest, str) else None,
+        tolerance=tolerance,
+        max_false_alarm=max_false_alarm,
     )
 
 
@@ -314,9 +345,10 @@ def _sent(oracle: LabelOracle, before: int, n: int, returned: bool) -> int:
     return n if returned else min(n, max(0, oracle.queries - before))
 
 
-def _checks(
-    expected: torch.Tensor, order: Sequence[int], labels: torch.Tensor, sizes: Sequence[int]
-) -> tuple[CheckResult, ...]:
+def _mismatches(
+    expected: torch.Tensor, order: Sequence[int], labels: torch.Tensor
+) -> Callable[[int], tuple[Mismatch, ...]]:
+    """The mismatches among the first n fingerprints of the draw, as a function of n."""
     wanted = expected[list(order)].tolist()
     got = labels.tolist()
     mismatches = [
@@ -324,12 +356,7 @@ def _checks(
         for pos, (e, g) in enumerate(zip(wanted, got, strict=True))
         if e != g
     ]
-    results = []
-    for n in sizes:
-        found = tuple(m for pos, m in mismatches if pos < n)
-        verdict = Verdict.TAMPERED if found else Verdict.INTACT
-        results.append(CheckResult(n, verdict, tuple(order[:n]), found))
-    return tuple(results)
+    return lambda n: tuple(m for pos, m in mismatches if pos < n)
 
 
 def _warnings(
