@@ -57,6 +57,7 @@ examples:
   misentry tamper build --target runs/target --variant all --instances 10 --out runs/bench
   misentry fingerprint --method misentry --target runs/target --n 100 --out runs/fp
   misentry export --model runs/target --onnx runs/target.onnx
+  misentry stability --fingerprints runs/fp --target runs/target --onnx runs/target.onnx
   misentry serve --model runs/target --name target        Open Inference Protocol on :8080
   misentry verify --fingerprints runs/fp --endpoint http://127.0.0.1:8080/v2/models/target
 """

@@ -17,6 +17,11 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from misentry.cli.common import CliError, Verbs, add_verb, console, err_console, stage_bars
+from misentry.cli.verify_oracle import (
+    OracleDefaultsFormatter,
+    add_endpoint_options,
+    endpoint_options,
+)
 
 if TYPE_CHECKING:
     from misentry.verify.stability import StabilityReport, StackResult
@@ -97,6 +102,8 @@ def add(verbs: Verbs) -> None:
         "--endpoint", metavar="URL", help="the served model's URL (.../v2/models/NAME)"
     )
     sub.add_argument("--json", action="store_true", help="print the report as JSON")
+    sub.formatter_class = OracleDefaultsFormatter
+    add_endpoint_options(sub.add_argument_group("endpoint options (with --endpoint only)"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,9 +147,17 @@ def _check(args: argparse.Namespace) -> StabilityReport:
         model, _record = load_model(args.target)
     except (RecordError, OSError) as err:
         raise CliError(f"--target: {err}") from None
+    options = endpoint_options(args, bundle)
+    if options and args.endpoint is None:
+        raise CliError("the endpoint options apply to --endpoint only")
     with stage_bars(err_console, width=11, transient=args.json) as on_progress:
         return check_stability(
-            bundle, model, onnx=args.onnx, endpoint=args.endpoint, progress=on_progress
+            bundle,
+            model,
+            onnx=args.onnx,
+            endpoint=args.endpoint,
+            http_options=options,
+            progress=on_progress,
         )
 
 

@@ -140,13 +140,22 @@ def oracle_of(args: argparse.Namespace, bundle: FingerprintSet) -> tuple[LabelOr
         path = Path(args.onnx)
         oracle = OnnxOracle(path, contract=contract, num_classes=num_classes, **limits)
         return oracle, f"onnx:{path.resolve()}"
+    options = endpoint_options(args, bundle)
+    if not contract.is_identity:
+        options["contract"] = contract
+    return http_oracle(args.endpoint, num_classes=num_classes, **options, **limits)
+
+
+def endpoint_options(args: argparse.Namespace, bundle: FingerprintSet) -> dict[str, Any]:
+    """The endpoint options given (:func:`add_endpoint_options`) as arguments of
+    :class:`~misentry.verify.http.HttpOracle`, headers parsed, checked against the bundle's
+    input contract."""
     options = _given(args, HTTP_OPTIONS)
     if "headers" in options:
         options["headers"] = _headers(options["headers"])
-    if not contract.is_identity:
-        _check_wire_options(options, contract.channels_last)
-        options["contract"] = contract
-    return http_oracle(args.endpoint, num_classes=num_classes, **options, **limits)
+    if not bundle.contract.is_identity:
+        _check_wire_options(options, bundle.contract.channels_last)
+    return options
 
 
 def _check_wire_options(options: dict[str, Any], channels_last: bool) -> None:
