@@ -7,7 +7,8 @@ ones'. At generation it sets two things:
 
 - **the noise level**: the largest change of the target's top-1 margin (top-1 logit minus the
   runner-up's) over the owner's normal images under every stack of the level and its random
-  draws; the **floor** is :data:`SAFETY` times it (none for ``exact``: the same stack). A
+  draws; the **floor** is :data:`SAFETY` times it (``exact``, the same stack, measures nothing:
+  noise and floor 0). A
   generator that places fingerprints near decision boundaries keeps every margin that decides
   a label above the floor (MiSentry shifts its window up to it);
 - **each fingerprint's stability**: its decisive margin, the number of stacks and draws
@@ -144,15 +145,17 @@ class NoiseLevel:
 
 
 def measure_noise(model: nn.Module, normal: torch.Tensor, tolerance: Tolerance) -> NoiseLevel:
-    """The noise level of ``model`` under ``tolerance`` on ``normal`` images."""
+    """The noise level of ``model`` under ``tolerance`` on ``normal`` images (``exact``: the same
+    stack, nothing to measure: noise and floor 0)."""
+    if tolerance is Tolerance.EXACT:
+        return NoiseLevel(tolerance, 0.0, 0.0, 0)
     reference = logits(model, normal)
     base = decisive_margins(reference, reference.argmax(1))
     runs = run_stacks(model, normal, reference.argmax(1), tolerance)
     changes = [float((r.margins - base).abs().max()) for r in runs if r.margins.numel()]
     noise = max(changes, default=0.0)
-    floor = 0.0 if tolerance is Tolerance.EXACT else SAFETY * noise
     unavailable = {r.stack: r.unavailable for r in runs if r.unavailable}
-    return NoiseLevel(tolerance, noise, floor, len(normal), unavailable)
+    return NoiseLevel(tolerance, noise, SAFETY * noise, len(normal), unavailable)
 
 
 def flip_rate(margin: float, noise: float, flips: int, trials: int) -> float:
