@@ -164,6 +164,9 @@ class RunPlan:
             }
             if self.preset.band != "none" and _held(spec.method):
                 config["band"] = self.preset.band
+            tolerance = _tolerance(spec)
+            if tolerance != "exact":  # an exact bundle hashes as before tolerances existed
+                config["tolerance"] = tolerance
             label = spec.label if spec.group == MAIN else f"{spec.group} {spec.label}"
             payload = {**config, "target_path": str(target_path), "label": label}
             payload["zoo"] = {name: zoo[name] for name in zoo_names(spec)}
@@ -227,6 +230,14 @@ def _evaluation(
         "instances": [i.payload() for i in on],
     }
     return Job("evaluation", config, function_name(tasks.evaluate), payload)
+
+
+def _tolerance(spec: BundleSpec) -> str:
+    """The deployment tolerance ``spec`` is generated for: its own when it names one (the
+    tolerance experiment's :class:`~misentry.bench.experiments.tolerance.ToleranceBundle`),
+    else ``exact`` (the benchmark's bundles serve the float32 stack they were made on)."""
+    tolerance: str = getattr(spec, "tolerance", "exact")
+    return tolerance
 
 
 def _held(method: str) -> bool:

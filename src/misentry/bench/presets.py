@@ -24,6 +24,7 @@ from misentry.bench.experiments import (
     FrontierSpec,
     LeakageSpec,
     SensitivitySpec,
+    ToleranceSpec,
 )
 from misentry.bench.experiments.base import Setup
 from misentry.bench.jobs.tasks import BANDS
@@ -37,6 +38,7 @@ from misentry.tamper.registry import select
 __all__ = [
     "CHEAP_ZOO",
     "COLOUR_METHODS",
+    "DEMO_EXPERIMENTS",
     "DEMO_INSTANCES",
     "EXPERIMENTS",
     "OPTIONAL_EXPERIMENTS",
@@ -46,6 +48,7 @@ __all__ = [
     "LeakageSpec",
     "Preset",
     "SensitivitySpec",
+    "ToleranceSpec",
     "get_preset",
 ]
 
@@ -77,8 +80,8 @@ class Preset:
         data_label: how errors name the dataset (e.g. ``CIFAR-10``); empty: the dataset name.
         experiments: the optional experiments to run (of :data:`OPTIONAL_EXPERIMENTS`);
             detection, covertness and cost always run.
-        leakage, sensitivity, ablation, frontier: each optional experiment's settings (a field
-            named after the experiment).
+        leakage, sensitivity, ablation, frontier, tolerance: each optional experiment's
+            settings (a field named after the experiment).
         band: ``none``, or ``covert``: every method but MiSentry keeps only its fingerprints
             inside the covert output band, to compare methods at equal covertness (see
             :func:`misentry.bench.jobs.tasks.hold_to_covert_band`).
@@ -104,6 +107,7 @@ class Preset:
     sensitivity: SensitivitySpec = field(default_factory=SensitivitySpec)
     ablation: AblationSpec = field(default_factory=AblationSpec)
     frontier: FrontierSpec = field(default_factory=FrontierSpec)
+    tolerance: ToleranceSpec = field(default_factory=ToleranceSpec)
     band: str = "none"
     target: str | None = None
 
@@ -191,6 +195,10 @@ DEMO_INSTANCES = 3
 """Instances per variant of ``mnist5k-demo`` (what ``misentry demo`` runs: its benchmark took
 901 s on 2 cores)."""
 
+DEMO_EXPERIMENTS = tuple(e for e in OPTIONAL_EXPERIMENTS if e != "tolerance")
+"""The optional experiments of ``mnist5k-demo``: all but the tolerance sweep (four more
+MiSentry bundles and the benign matrix on every bundle, time the demo does not spend)."""
+
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
@@ -213,6 +221,7 @@ PRESETS: dict[str, Preset] = {
                 n_fingerprints=10,
             ),
             frontier=FrontierSpec(covertness=(0.5,), variants=("ft_last_lr1e-3", "pruning")),
+            tolerance=ToleranceSpec(tolerances=("exact", "tf32", "bf16")),
         ),
         Preset(name="mnist5k", dataset="mnist5k", arch="lenet5"),
         Preset(
@@ -220,6 +229,7 @@ PRESETS: dict[str, Preset] = {
             dataset="mnist5k",
             arch="lenet5",
             instances=DEMO_INSTANCES,
+            experiments=DEMO_EXPERIMENTS,
             leakage=LeakageSpec(instances=1),
             ablation=AblationSpec(n_fingerprints=20),
             frontier=FrontierSpec(n_fingerprints=50),

@@ -31,8 +31,10 @@ and write results.json, results.csv and the report (report.md, report.html) to -
 Besides the detection table (every variant x every method, N_S 1..20), a run measures each
 bundle's covertness and cost, and the optional experiments: leakage (adaptive attacks that keep
 leaked fingerprints' labels), sensitivity (detection against the tampering's training steps),
-ablation (MiSentry configurations) and frontier (MiSentry's covertness swept from strict to
-covert against detection on the subtle variants).
+ablation (MiSentry configurations), frontier (MiSentry's covertness swept from strict to
+covert against detection on the subtle variants) and tolerance (strict MiSentry generated per
+deployment tolerance, exact to bf16, and every bundle's false alarms on the benign serving
+stacks of each level).
 
 Every step is a job in --out/jobs/, named by a hash of its configuration: a rerun reuses every
 finished job, and a run that was stopped resumes where it was, whatever the executor. Jobs of
@@ -106,7 +108,7 @@ def add(verbs: Verbs) -> None:
         "--experiments",
         type=_experiments,
         help="optional experiments, comma-separated, or 'none' (override; "
-        "of leakage, sensitivity, ablation, frontier)",
+        "of leakage, sensitivity, ablation, frontier, tolerance)",
     )
     bench.add_argument(
         "--set",

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.jit._trace import TracerWarning
 
 from misentry.models.numerics import CONVOLUTIONS, PRODUCTS, TF32_BITS, Reordered, Rounded
 from misentry.models.train import evaluation
@@ -142,6 +143,7 @@ def _traced(freeze: bool) -> Run:
         try:
             with evaluation(model), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # trace and freeze
+                warnings.simplefilter("ignore", TracerWarning)  # e.g. a pass counter
                 program = torch.jit.trace(copy.deepcopy(model).eval(), x[:2], check_trace=False)  # type: ignore[no-untyped-call]
                 if freeze:
                     program = torch.jit.freeze(program)

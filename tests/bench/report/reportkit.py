@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from misentry.bench.experiments.covertness_measure import Covertness
 from misentry.bench.results import ResultRow, detection_rows, measurement_row
+from misentry.models.stacks import LEVELS
 
 EVIL = "ssf<b>"
 """A method name that is also markup: it must show as text, never as a tag."""
@@ -155,6 +156,20 @@ def full_rows() -> list[ResultRow]:
     for ns, rate in ((1, 0.2), (5, 0.4)):
         extra = {"covertness": None, "auc_confidence": 0.97, "auc_entropy": 0.99, **subtle}
         rows.append(rated("frontier", EVIL, "subtle", ns, rate, "", **extra))
+    return rows + tolerance_rows()
+
+
+def tolerance_rows() -> list[ResultRow]:
+    """Strict MiSentry per tolerance (detection falls as the tolerance loosens, false alarms
+    rise with the serving level above the bundle's own), then EVIL at exact."""
+    rows = []
+    bundles = [("misentry", t, i) for i, t in enumerate(LEVELS)] + [(EVIL, "exact", 0)]
+    for method, tolerance, i in bundles:
+        d = {v: [max(0, c - 10 * i) for c in ds] for v, ds in D[method].items()}
+        alarms = {f"false_alarms_{lv}": max(0, j - i) for j, lv in enumerate(LEVELS)}
+        extra = {"tolerance": tolerance, **alarms, "false_alarms_own": 0}
+        setting = f"tolerance={tolerance}"
+        rows += detection_rows("mnist5k", method, N, d, (1, 5), "tolerance", extra, setting)
     return rows
 
 

@@ -186,7 +186,7 @@ def test_absent_experiments_are_named_and_unknown_ones_get_a_table(tmp_path: Pat
         ["ssf", "-", "s1", "0.5"],
     ]
     assert "Building one tampered instance" not in text
-    missing = ["leakage", "covertness", "sensitivity", "ablation", "frontier"]
+    missing = ["leakage", "covertness", "sensitivity", "ablation", "frontier", "tolerance"]
     assert text.rstrip().endswith("## Not in this run\n\n" + ", ".join(missing))
     assert "<h2>Not in this run</h2>\n<p>" + ", ".join(missing) in page.read_text()
 

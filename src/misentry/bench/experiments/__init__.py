@@ -4,8 +4,9 @@ holds), the bundles, instances and jobs it adds to a run, its result rows and it
 report iterate over :data:`EXPERIMENTS`.
 
 Each experiment's science sits beside it: :mod:`.leakage_attacks` (the adaptive attacks),
-:mod:`.sensitivity_trajectory` (tampering cut at exact step counts) and
-:mod:`.covertness_measure` (output and input covertness, the example grid).
+:mod:`.sensitivity_trajectory` (tampering cut at exact step counts),
+:mod:`.covertness_measure` (output and input covertness, the example grid) and
+:mod:`.tolerance_section` (the tolerance experiment's report section).
 """
 
 from misentry.bench.experiments.ablation import AblationSpec
@@ -16,6 +17,7 @@ from misentry.bench.experiments.detection import DetectionSpec
 from misentry.bench.experiments.frontier import FrontierSpec
 from misentry.bench.experiments.leakage import LeakageSpec
 from misentry.bench.experiments.sensitivity import SensitivitySpec
+from misentry.bench.experiments.tolerance import ToleranceSpec
 
 __all__ = [
     "EXPERIMENTS",
@@ -29,6 +31,7 @@ __all__ = [
     "FrontierSpec",
     "LeakageSpec",
     "SensitivitySpec",
+    "ToleranceSpec",
 ]
 
 EXPERIMENTS: tuple[type[Experiment], ...] = (
@@ -39,6 +42,7 @@ EXPERIMENTS: tuple[type[Experiment], ...] = (
     AblationSpec,
     CostSpec,
     FrontierSpec,
+    ToleranceSpec,
 )
 """The benchmark's experiments, in report order: the order of their rows in ``results.json``, of
 their own bundles and of their own jobs in a run."""
