@@ -16,6 +16,7 @@ from misentry.fingerprint.bundle import FingerprintSet, load_bundle
 from misentry.fingerprint.methods.misentry import Misentry
 from misentry.fingerprint.registry import get_method
 from misentry.fingerprint.service import build_generator, make_bundle, parse_overrides
+from misentry.fingerprint.tolerance import DEFAULT_TOLERANCE
 from misentry.models import Record, model_from_record, save_record
 
 CHEAP_ZOO = {"steps": 5, "refine_rounds": 10, "zoo": ("ft_last:1e-4x1",), "pool_factor": 2}
@@ -31,7 +32,7 @@ def direct(
 ) -> FingerprintSet:
     """What generating without the service gives."""
     normal = pools["test"].x
-    context = SearchContext(normal=normal, pools=pools, record=record)
+    context = SearchContext(normal=normal, pools=pools, record=record, tolerance=DEFAULT_TOLERANCE)
     generator = get_method(method, **params)
     model = model_from_record(record)
     return generator.generate(model, pools["source"], n, seed, normal, None, context)

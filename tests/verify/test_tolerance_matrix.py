@@ -47,7 +47,7 @@ TARGETS = {
 }
 CHEAP = {"zoo": (), "steps": 12, "inner_steps": 1, "refine_rounds": 20, "pool_factor": 2}
 N = 4
-NOISE_IMAGES = 96
+NOISE_IMAGES = 32
 """The owner's ``val`` images the noise is measured on here (all of them outside the tests)."""
 
 
