@@ -1,4 +1,5 @@
-"""``misentry export``: a model record to an ONNX file, checked against ONNX Runtime."""
+"""``misentry export``: a model record to an ONNX file, checked against ONNX Runtime, or to a
+model folder that MLServer's own ``mlserver start`` serves."""
 
 from __future__ import annotations
 
@@ -21,11 +22,21 @@ on every one of them. Needs the onnx extra: pip install 'misentry[onnx]'.
 A model imported with an input contract is exported as the user's own module: its input is
 what the contract says (values in its range, normalized by its mean and std, in its layout),
 so the file matches what the user serves, and `misentry verify --onnx` sends that input.
+
+With --mlserver FOLDER instead of --onnx, write a folder that Seldon MLServer serves with its own
+command, `mlserver start FOLDER` (needs the interop extra: pip install 'misentry[interop]'):
+settings.json (every listener on 127.0.0.1: HTTP --port, gRPC --port + 1, metrics --port + 2)
+and model-settings.json (misentry's MLServer runtime, the record folder's absolute path, the
+model name --name). The model answers the Open Inference Protocol as `misentry serve` does, at
+http://127.0.0.1:PORT/v2/models/NAME, so `misentry verify --endpoint` checks it.
 """
 
 EPILOG = """\
-example:
+examples:
   misentry export --model runs/target --onnx runs/target.onnx
+  misentry export --model runs/target --mlserver runs/mlserver --name target --port 8080
+  mlserver start runs/mlserver       # then: misentry verify --fingerprints runs/fp \
+                                     #   --endpoint http://127.0.0.1:8080/v2/models/target
 """
 
 
@@ -40,7 +51,17 @@ def add(verbs: Verbs) -> None:
         epilog=EPILOG,
     )
     export.add_argument("--model", type=Path, required=True, metavar="DIR", help="record folder")
-    export.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="file to write")
+    out = export.add_mutually_exclusive_group(required=True)
+    out.add_argument("--onnx", type=Path, metavar="FILE", help="ONNX file to write")
+    out.add_argument(
+        "--mlserver", type=Path, metavar="FOLDER", help="MLServer model folder to write"
+    )
+    export.add_argument(
+        "--name", help="--mlserver: the model's name (default DATASET-<record id prefix>)"
+    )
+    export.add_argument(
+        "--port", type=int, default=8080, help="--mlserver: the HTTP port (default 8080)"
+    )
     export.add_argument(
         "--check",
         type=int,
@@ -50,7 +71,9 @@ def add(verbs: Verbs) -> None:
     )
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     export.add_argument("--root", type=Path, help="dataset folder, for datasets read from disk")
-    export.add_argument("--force", action="store_true", help="replace an existing --onnx file")
+    export.add_argument(
+        "--force", action="store_true", help="replace an existing --onnx file or --mlserver folder"
+    )
     export.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
@@ -62,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     from misentry.verify.onnx import DEFAULT_OPSET, check_export, export_onnx
     from misentry.verify.wire import model_contract
 
+    if args.mlserver is not None:
+        return _export_mlserver(args)
     out: Path = args.onnx
     _check_arguments(args)
     try:
@@ -107,6 +132,43 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         _print_summary(summary, record, spec, checked=bool(args.check))
+    return 0
+
+
+def _export_mlserver(args: argparse.Namespace) -> int:
+    """Write the MLServer model folder --mlserver for the record --model."""
+    from misentry.models import RecordError, load_model
+
+    folder: Path = args.mlserver
+    if not 1 <= args.port <= 65533:
+        raise CliError("--port must leave room for gRPC and metrics: 1 to 65533")
+    if folder.exists() and not folder.is_dir():
+        raise CliError(f"--mlserver: {folder} is a file; give a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not args.force:
+        raise CliError(f"--mlserver: {folder} is not empty; use --force to write into it")
+    try:
+        _model, record = load_model(args.model)  # every hash checked before it is served
+    except (RecordError, OSError) as err:
+        raise CliError(f"--model: {err}") from None
+    try:
+        from misentry.serve.mlserver_runtime import write_mlserver_config
+        from misentry.serve.oip import default_model_name
+    except ImportError as err:
+        raise CliError(f"{err}; --mlserver needs: pip install 'misentry[interop]'") from None
+    name = args.name or default_model_name(record)
+    try:
+        write_mlserver_config(folder, args.model, name, args.port, args.port + 1, args.port + 2)
+    except ValueError as err:
+        raise CliError(f"--name: {err}") from None
+    url = f"http://127.0.0.1:{args.port}/v2/models/{name}"
+    summary = {"model": str(args.model), "record_id": record.record_id, "mlserver": str(folder),
+               "name": name, "url": url}  # fmt: skip
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        console.print(f"wrote [bold]{folder}[/] for MLServer: model {name!r}", highlight=False)
+        console.print(f"  serve it with: mlserver start {folder}", highlight=False)
+        console.print(f"  it answers at {url}", highlight=False)
     return 0
 
 

@@ -21,6 +21,7 @@ from misentry.cli.verify_oracle import (
     OracleDefaultsFormatter,
     add_endpoint_options,
     endpoint_options,
+    resolved_endpoint,
 )
 
 if TYPE_CHECKING:
@@ -150,12 +151,13 @@ def _check(args: argparse.Namespace) -> StabilityReport:
     options = endpoint_options(args, bundle)
     if options and args.endpoint is None:
         raise CliError("the endpoint options apply to --endpoint only")
+    endpoint = None if args.endpoint is None else resolved_endpoint(args.endpoint, options)
     with stage_bars(err_console, width=11, transient=args.json) as on_progress:
         return check_stability(
             bundle,
             model,
             onnx=args.onnx,
-            endpoint=args.endpoint,
+            endpoint=endpoint,
             http_options=options,
             progress=on_progress,
         )

@@ -57,7 +57,10 @@ def add_model_options(sub: argparse.ArgumentParser) -> None:
     source.add_argument("--model", type=Path, metavar="DIR", help="a model record folder")
     source.add_argument("--onnx", type=Path, metavar="FILE", help="an ONNX file (extra: onnx)")
     source.add_argument(
-        "--endpoint", metavar="URL", help="an Open Inference Protocol model URL (.../v2/models/M)"
+        "--endpoint",
+        metavar="URL",
+        help="an Open Inference Protocol model URL (.../v2/models/M), or the server's base URL "
+        "(http://HOST:PORT) when it serves one model (found in its repository index)",
     )
     sub.add_argument("--budget", type=int, metavar="N", help="most images to send (default: any)")
     sub.add_argument(
@@ -141,9 +144,24 @@ def oracle_of(args: argparse.Namespace, bundle: FingerprintSet) -> tuple[LabelOr
         oracle = OnnxOracle(path, contract=contract, num_classes=num_classes, **limits)
         return oracle, f"onnx:{path.resolve()}"
     options = endpoint_options(args, bundle)
+    url = resolved_endpoint(args.endpoint, options)
     if not contract.is_identity:
         options["contract"] = contract
-    return http_oracle(args.endpoint, num_classes=num_classes, **options, **limits)
+    return http_oracle(url, num_classes=num_classes, **options, **limits)
+
+
+def resolved_endpoint(url: str, options: dict[str, Any]) -> str:
+    """``url``, or for a server's base URL (``http://HOST:PORT``) the address of its only ready
+    model, found in its repository index; a :class:`CliError` (reason ``oracle``) naming the
+    models when there are several or none."""
+    from misentry.verify.discovery import DiscoveryError, resolve_endpoint
+
+    try:
+        return resolve_endpoint(
+            url, headers=options.get("headers"), timeout=options.get("timeout", 10.0)
+        )
+    except DiscoveryError as err:
+        raise CliError(f"--endpoint: {err}", reason="oracle") from None
 
 
 def endpoint_options(args: argparse.Namespace, bundle: FingerprintSet) -> dict[str, Any]:

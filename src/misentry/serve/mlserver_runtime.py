@@ -9,8 +9,10 @@ caps the batch (default 1024). An imported record is served as the user's server
 on the input its contract states, by the user's own module (as ``misentry serve`` does).
 
 :func:`write_mlserver_config` writes a folder that ``mlserver start FOLDER`` serves on loopback
-with ``parallel_workers: 0`` (MLServer 1.7.1's inference worker crashes at start under uvloop
-0.22+; in-process inference avoids it). :func:`start_mlserver` does all of it in a subprocess.
+(``misentry export --mlserver FOLDER`` writes one) with ``parallel_workers: 0`` (MLServer
+1.7.1's inference worker crashes at start under uvloop 0.22+; in-process inference avoids it).
+:func:`run_mlserver` runs such a folder in a subprocess, :func:`start_mlserver` writes a
+temporary one and runs it.
 
 >>> with start_mlserver("runs/target", "lenet") as base:  # doctest: +SKIP
 ...     print(f"{base}/v2/models/lenet")
@@ -29,7 +31,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -137,31 +139,45 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
 @contextmanager
 def start_mlserver(record_dir: Path | str, name: str, *, timeout: float = 60.0) -> Iterator[str]:
     """Run ``mlserver start`` on free loopback ports serving ``record_dir`` as ``name``; yields
-    the base URL ``http://127.0.0.1:PORT`` once the model is ready.
-
-    The server runs in its own process group in a temporary folder (its log is ``mlserver.log``
-    there) and the group is stopped when the block exits. RuntimeError, with the log's tail, if
-    it exits early or is not ready within ``timeout`` seconds.
-    """
+    the base URL ``http://127.0.0.1:PORT`` once the model is ready (see :func:`run_mlserver`;
+    the folder is temporary)."""
     with tempfile.TemporaryDirectory(prefix="misentry-mlserver-") as tmp:
         folder = write_mlserver_config(tmp, record_dir, name, *free_ports(3))
-        port = json.loads((folder / "settings.json").read_text())["http_port"]
-        base = f"http://{LOOPBACK}:{port}"
-        log_path = folder / "mlserver.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "mlserver.cli.main", "start", str(folder)],
-                cwd=folder,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            _wait_ready(process, f"{base}/v2/models/{name}/ready", timeout, log_path)
+        with run_mlserver(folder, name, timeout=timeout) as base:
             yield base
-        finally:
-            _stop(process)
+
+
+@contextmanager
+def run_mlserver(
+    folder: Path | str, name: str, *, timeout: float = 60.0, command: Sequence[str] | None = None
+) -> Iterator[str]:
+    """Run ``mlserver start FOLDER`` (``command``, default this interpreter's
+    ``-m mlserver.cli.main start FOLDER``) until the model ``name`` is ready; yields the base
+    URL ``http://127.0.0.1:PORT`` of the folder's ``settings.json``.
+
+    The server runs in its own process group (its log is ``mlserver.log`` in the folder) and the
+    group is stopped when the block exits. RuntimeError, with the log's tail, if it exits early
+    or is not ready within ``timeout`` seconds.
+    """
+    folder = Path(folder)
+    port = json.loads((folder / "settings.json").read_text())["http_port"]
+    base = f"http://{LOOPBACK}:{port}"
+    log_path = folder / "mlserver.log"
+    argv = list(command or [sys.executable, "-m", "mlserver.cli.main", "start", str(folder)])
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv,
+            cwd=folder,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(process, f"{base}/v2/models/{name}/ready", timeout, log_path)
+        yield base
+    finally:
+        _stop(process)
 
 
 def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float, log_path: Path) -> None:

@@ -125,7 +125,16 @@ def _add_server_routes(app: FastAPI) -> None:
 
 
 def _add_model_routes(app: FastAPI, signature: ModelSignature) -> None:
-    """The model's metadata and readiness, with and without its version."""
+    """The model's metadata and readiness, with and without its version, and the repository
+    index (the model repository extension's ``POST /v2/repository/index``: the one model, ready)
+    so that a client can discover the model's name."""
+
+    @app.post("/v2/repository/index")
+    def repository_index() -> list[dict[str, Any]]:
+        entry = {"name": signature.name, "state": "READY"}
+        if signature.version is not None:
+            entry["version"] = signature.version
+        return [entry]
 
     @app.get("/v2/models/{model_name}")
     def model_metadata(model_name: str) -> dict[str, Any]:
