@@ -128,3 +128,12 @@ def test_config_binds_loopback_without_parallel_workers(tmp_path: Path, record_d
     )
     assert model["implementation"] == "misentry.serve.mlserver_runtime.MisentryRuntime"
     assert Path(model["parameters"]["uri"]) == record_dir.resolve()
+
+
+def test_a_base_url_finds_the_model_in_mlservers_repository_index(
+    server: tuple[str, float],
+) -> None:
+    from misentry.verify.discovery import resolve_endpoint
+
+    base, _ = server
+    assert resolve_endpoint(base) == f"{base}/v2/models/{NAME}"
