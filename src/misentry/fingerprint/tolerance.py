@@ -96,21 +96,22 @@ def decisive_margins(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (own.squeeze(1) - others.max(1).values).double()
 
 
+def run_stack(stack: Stack, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> StackRun:
+    """One stack on images ``x`` (float, [0, 1]) as decisive margins of ``labels``, one row per
+    draw; a stack that cannot run the model keeps its reason and no rows."""
+    try:
+        draws = [stack.run(model, x, seed) for seed in range(stack.draws)]
+    except StackUnavailable as err:
+        return StackRun(stack.name, stack.level, torch.empty(0, len(x)), str(err))
+    rows = [decisive_margins(z, labels) for z in draws]
+    return StackRun(stack.name, stack.level, torch.stack(rows))
+
+
 def run_stacks(
     model: nn.Module, x: torch.Tensor, labels: torch.Tensor, tolerance: Tolerance
 ) -> list[StackRun]:
-    """Every stack of ``tolerance`` on images ``x`` (float, [0, 1]), as decisive margins of
-    ``labels``; a stack that cannot run the model is kept with its reason and no rows."""
-    runs = []
-    for stack in tolerance.stacks:
-        try:
-            draws = [stack.run(model, x, seed) for seed in range(stack.draws)]
-        except StackUnavailable as err:
-            runs.append(StackRun(stack.name, stack.level, torch.empty(0, len(x)), str(err)))
-            continue
-        rows = [decisive_margins(z, labels) for z in draws]
-        runs.append(StackRun(stack.name, stack.level, torch.stack(rows)))
-    return runs
+    """Every stack of ``tolerance`` (:func:`run_stack`)."""
+    return [run_stack(stack, model, x, labels) for stack in tolerance.stacks]
 
 
 @dataclass(frozen=True)

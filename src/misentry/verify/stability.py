@@ -27,11 +27,12 @@ import torch
 from torch import nn
 
 from misentry.fingerprint.base import weights_digest
-from misentry.fingerprint.bundle import FingerprintSet
-from misentry.fingerprint.tolerance import Tolerance, decisive_margins
+from misentry.fingerprint.bundle import BundleError, FingerprintSet
+from misentry.fingerprint.tolerance import Tolerance, run_stack
 from misentry.models import logits
 from misentry.models.oracle import LabelOracle, OracleError
-from misentry.models.stacks import ALL_STACKS, LEVELS, Stack, StackUnavailable
+from misentry.models.stacks import ALL_STACKS, LEVELS, Stack
+from misentry.verify.false_alarm import bundle_tolerance as declared_tolerance
 from misentry.verify.http import HttpOracle
 from misentry.verify.onnx import OnnxOracle
 
@@ -150,16 +151,13 @@ class StabilityReport:
 
 
 def bundle_tolerance(bundle: FingerprintSet) -> Tolerance:
-    """The tolerance a bundle declares (``manifest["tolerance"]["tolerance"]``); ``exact`` for a
-    bundle made before tolerances existed. StabilityError for an unreadable entry."""
-    entry = bundle.manifest.get("tolerance")
-    if entry is None:
-        return Tolerance.EXACT
-    value = entry.get("tolerance") if isinstance(entry, dict) else None
+    """The tolerance a bundle declares (:func:`misentry.verify.false_alarm.bundle_tolerance`;
+    ``exact`` for a bundle made before tolerances existed). StabilityError for an unreadable
+    entry."""
     try:
-        return Tolerance.parse(str(value))
-    except ValueError as err:
-        raise StabilityError(f"the bundle's tolerance entry is unreadable: {err}") from None
+        return Tolerance(declared_tolerance(bundle))
+    except BundleError as err:
+        raise StabilityError(str(err)) from None
 
 
 def check_target(bundle: FingerprintSet, model: nn.Module) -> None:
@@ -235,16 +233,15 @@ def _emulated_row(
     """One emulated stack's row; a stack that cannot run the model keeps its reason."""
     within = tolerance.covers(Tolerance(stack.level))
     try:
-        draws = [stack.run(model, bundle.x, seed) for seed in range(stack.draws)]
-    except StackUnavailable as err:
-        return StackResult(stack.name, stack.level, within, 0, len(bundle), error=str(err))
+        run = run_stack(stack, model, bundle.x, bundle.labels)
     except RuntimeError as err:  # a torch op this stack's numerics do not support
         message = (
             f"the stack failed on this model: {str(err).splitlines()[0] if str(err) else err!r}"
         )
         return StackResult(stack.name, stack.level, within, 0, len(bundle), error=message)
-    margins = torch.stack([decisive_margins(z, bundle.labels) for z in draws])
-    return _row(stack.name, stack.level, within, (margins <= 0).any(0), "emulated")
+    if run.unavailable is not None:
+        return StackResult(stack.name, stack.level, within, 0, len(bundle), error=run.unavailable)
+    return _row(stack.name, stack.level, within, (run.margins <= 0).any(0), "emulated")
 
 
 def _row(stack: str, level: str, within: bool, changed: torch.Tensor, kind: str) -> StackResult:
